@@ -1,0 +1,191 @@
+"""Every stage's settings as frozen dataclasses, one place for defaults, YAML in and out.
+
+``load_config(path)`` reads a YAML file whose top-level keys are the fields of ``LungdrConfig``
+(``preprocess``, ``augment``, ``segmenter``, ``svm``, ``transfer``, ``cnn3d``, ``fusion``, ``score``,
+``serve``); any key left out keeps its default, an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lungdr.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int = 256  # N of the N x N letterboxed image (the paper uses 512)
+    equalization: str = "global"  # "global" (paper's CDF mapping) | "clahe" | "none"
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    translate: float = 0.06  # fraction of the side
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.8, 1.2)
+    aspect: tuple[float, float] = (0.85, 1.15)
+    crop: float = 0.1  # random crop of up to this fraction per side, resized back
+    p_crop: float = 0.3
+    elastic_alpha: float = 0.06  # displacement amplitude, fraction of the side
+    elastic_sigma: float = 0.04  # Gaussian smoothing of the field, fraction of the side
+    p_elastic: float = 0.5
+    gamma: tuple[float, float] = (0.6, 1.6)  # image only
+    contrast: tuple[float, float] = (0.6, 1.4)  # image only
+    noise_std: float = 0.02  # image only
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    size: int = 256
+    base: int = 16  # 64 in the paper
+    batch_norm: bool = True
+    optimizer: str = "adam"  # "adam" | "sgd" (momentum 0.99 as in the paper)
+    lr: float = 1e-3
+    momentum: float = 0.99
+    epochs: int = 30
+    batch_size: int = 8
+    val_fraction: float = 0.2
+    seed: int = 0
+    threshold: float = 0.5
+    pseudo_label_min_quality: float = 0.6
+
+
+@dataclass(frozen=True)
+class SVMConfig:
+    orientations: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)
+    scales: tuple[int, ...] = (7, 9, 11, 13, 15, 17)
+    feature_size: int = 128  # image side the Gabor bank runs on
+    C: tuple[float, ...] = (1.0, 10.0, 100.0)
+    gamma: tuple[str | float, ...] = ("scale",)
+    pca: tuple[float, ...] = (0.95,)  # fraction of variance (float < 1) or component count
+    cv_folds: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    input_size: int = 299  # aux head only at >= 299
+    weights: str = "imagenet"  # "imagenet" (torchvision enum) | "none" | a local / s3:// state-dict path
+    freeze_first: int = 10  # n: leading Inception blocks frozen
+    finetune_last: int = 7  # m: trailing blocks tuned (with the new head)
+    lr: float = 1e-3
+    batch_size: int = 16
+    epochs: int = 5
+    augment: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CNN3DConfig:
+    depth: int = 7  # frames of the DR pseudo-volume
+    size: int = 64  # in-plane side of the volume fed to the network
+    ct_shape: tuple[int, int, int] = (16, 64, 64)  # (z, y, x) CT volumes are resampled to
+    lr: float = 1e-3
+    dropout: float = 0.5
+    batch_size: int = 16
+    epochs: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    margin_threshold: float = 0.2  # weighted vote margin below this = no clear majority
+    tta_rounds: int = 4
+    ood_quantile: float = 0.99  # validation quantile used as the OOD distance threshold
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    batch_size: int = 16
+    decode_concurrency: int = 0  # 0 = let Ray Data decide
+    segment_actors: int = 1
+    classify_actors: int = 1
+    num_gpus_per_actor: float = 0.0  # set > 0 when the cluster has GPUs
+    cpus_per_actor: float = 0.5
+    write_masks: bool = False
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = 32.0
+    token_env: str | None = None
+    replicas: int = 1
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.01
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class LungdrConfig:
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    cnn3d: CNN3DConfig = field(default_factory=CNN3DConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain dict (tuples become lists) for JSON/YAML."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def from_dict(cls: type, data: dict | None) -> Any:
+    """Build dataclass ``cls`` from a (possibly partial, nested) dict; unknown keys raise ConfigError."""
+    data = dict(data or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs = {}
+    defaults = cls()
+    for name, value in data.items():
+        current = getattr(defaults, name)
+        if is_dataclass(current):
+            kwargs[name] = from_dict(type(current), value)
+        elif isinstance(current, tuple) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return dataclasses.replace(defaults, **kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> LungdrConfig:
+    """Defaults, then the YAML file (if any), then ``overrides`` (a nested dict)."""
+    data: dict = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping")
+        data = loaded
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    return from_dict(LungdrConfig, data)
+
+
+def dump_config(cfg: LungdrConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
