@@ -15,6 +15,7 @@ from lungdr.errors import LungdrError
 
 COMMANDS = (
     "inspect",
+    "ingest",
     "demo",
     "train_segmenter",
     "segment",

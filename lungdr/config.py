@@ -33,8 +33,8 @@ class AugmentConfig:
     aspect: tuple[float, float] = (0.85, 1.15)
     crop: float = 0.1  # random crop of up to this fraction per side, resized back
     p_crop: float = 0.3
-    elastic_alpha: float = 0.06  # displacement amplitude, fraction of the side
-    elastic_sigma: float = 0.04  # Gaussian smoothing of the field, fraction of the side
+    elastic_alpha: float = 0.03  # displacement amplitude, fraction of the side
+    elastic_sigma: float = 0.05  # Gaussian smoothing of the field, fraction of the side
     p_elastic: float = 0.5
     gamma: tuple[float, float] = (0.6, 1.6)  # image only
     contrast: tuple[float, float] = (0.6, 1.4)  # image only
@@ -104,12 +104,16 @@ class FusionConfig:
 @dataclass(frozen=True)
 class ScoreConfig:
     batch_size: int = 16
-    decode_concurrency: int = 0  # 0 = let Ray Data decide
-    segment_actors: int = 1
-    classify_actors: int = 1
-    num_gpus_per_actor: float = 0.0  # set > 0 when the cluster has GPUs
+    decode_concurrency: int = 0  # max concurrent read/decode tasks; 0 = let Ray Data decide
+    decode_cpus: float = 0.5  # CPUs reserved per read/decode task
+    segment_actors: int = 1  # segmentation actor pool size
+    classify_actors: int = 1  # classify + fusion actor pool size
+    num_gpus_per_actor: float | None = None  # None = auto (share the cluster's GPUs across the pools), 0 = CPU
     cpus_per_actor: float = 0.5
-    write_masks: bool = False
+    max_restarts: int = 3  # actor restarts (and task retries) after a worker dies
+    rows_per_part: int = 1000  # rows per Parquet part file: the unit a killed run can lose and resume
+    write_masks: bool = False  # lung masks as <output>/_masks/<id>.png at each input's own size
+    progress_bars: bool = True
 
 
 @dataclass(frozen=True)
@@ -118,11 +122,16 @@ class ServeConfig:
     port: int = 8000
     max_upload_mb: float = 32.0
     token_env: str | None = None
-    replicas: int = 1
+    replicas: int = 1  # per model deployment (the minimum when autoscaling)
+    max_replicas: int = 0  # > replicas: autoscale each model deployment between the two
+    target_ongoing_requests: float = 8.0  # autoscaling target per model replica
+    ingress_replicas: int = 1
+    max_ongoing_requests: int = 64  # per replica; must be >= max_batch_size for batches to fill
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.01
-    num_cpus: float = 0.0
-    num_gpus: float = 0.0
+    num_cpus: float = 0.0  # per model replica (0 lets it share the node's CPUs)
+    num_gpus: float = 0.0  # per model replica; > 0 runs the models on CUDA
+    model_retry_s: float = 20.0  # the ingress retries a model call this long while a dead replica is replaced
 
 
 @dataclass(frozen=True)

@@ -38,3 +38,23 @@ def sample_dir() -> Path:
     from lungdr.sample import sample_dir as _sample_dir
 
     return _sample_dir()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real SeaweedFS S3 server for the session; lungdr.io/boto3 env vars point at it (restored afterwards)."""
+    from lungdr.testing.seaweed import SeaweedServer, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS 'weed' binary not installed")
+    with SeaweedServer() as server:
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        try:
+            yield server
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -1,0 +1,31 @@
+"""``lungdr bench NAME``: benchmarks that print one JSON object (Ray path vs a bare loop in the same run)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+BENCHMARKS = ("ingest", "segment", "train", "score", "serve")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks printing JSON figures")
+    p.add_argument("name", choices=BENCHMARKS)
+    p.add_argument("--input", default=None, help="corpus URI (default: the packaged sample)")
+    p.add_argument("--n", type=int, default=200, help="number of images (the input is cycled to reach it)")
+    p.add_argument("--bundle", default=None, help="model bundle (segment/score/serve)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"lungdr.benchmarks.{args.name}")
+    result = module.run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0

@@ -1,0 +1,157 @@
+"""Fusion of the three classifiers: weighted relative-majority vote, test-time-augmentation re-vote,
+``needs_review`` with a reason, and the out-of-distribution guard.
+
+Decision rule (``Fusion.decide``): each model votes abnormal iff its p_abnormal >= 0.5; the weighted score of
+each class is the sum of its voters' weights (weights renormalised over the models present); the margin is the
+score difference. ``margin >= margin_threshold`` decides; otherwise ``repredict()`` (TTA) is asked for fresh
+probabilities and the vote repeats; still below -> ``label None, needs_review, "no_majority"``. An OOD input is
+``label None, needs_review, "out_of_distribution"`` whatever the vote says.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lungdr.config import FusionConfig
+from lungdr.models import CLASSIFIER_NAMES
+from lungdr.models.base import ModelInputError
+from lungdr.ood import OODGuard  # noqa: F401  (re-exported: the guard belongs to the fusion API)
+
+NO_MAJORITY = "no_majority"
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+WEIGHT_CLIP = (0.05, 4.0)  # log-odds bounds: a chance-level model keeps a small say, a perfect one a bounded one
+
+
+def p_abnormal(p) -> float:
+    """A probability given as p_abnormal or as a ``[p_normal, p_abnormal]`` pair."""
+    arr = np.asarray(p, dtype=np.float64).ravel()
+    value = float(arr[-1])
+    if not 0.0 <= value <= 1.0 or not math.isfinite(value):
+        raise ModelInputError(f"probability {value} outside [0, 1]")
+    return value
+
+
+def fit_weights(val_probs: dict[str, np.ndarray], y) -> dict[str, float]:
+    """Weights from validation accuracy: ``log(acc / (1 - acc))`` clipped to WEIGHT_CLIP, normalised to sum 1."""
+    y = np.asarray(y).astype(int).ravel()
+    if not val_probs or len(y) == 0:
+        raise ModelInputError("fit_weights needs validation probabilities and labels")
+    raw = {}
+    for name, probs in val_probs.items():
+        p = np.asarray(probs, dtype=np.float64)
+        p = p[:, -1] if p.ndim == 2 else p
+        if len(p) != len(y):
+            raise ModelInputError(f"{name}: {len(p)} probabilities for {len(y)} labels")
+        acc = float(np.clip(np.mean((p >= 0.5) == y), 1e-3, 1 - 1e-3))
+        raw[name] = float(np.clip(math.log(acc / (1 - acc)), *WEIGHT_CLIP))
+    total = sum(raw.values())
+    return {k: v / total for k, v in raw.items()}
+
+
+@dataclass
+class Decision:
+    label: int | None  # 1 abnormal, 0 normal, None = needs review
+    p_abnormal: float  # weighted mean of the models' p_abnormal
+    margin: float  # |weighted abnormal votes - weighted normal votes|, in [0, 1]
+    votes: dict[str, int]
+    probs: dict[str, float]
+    needs_review: bool = False
+    review_reason: str | None = None
+    repredicted: bool = False
+    ood_distance: float | None = None
+    ood_detail: str | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Fusion:
+    def __init__(self, weights: dict[str, float] | None = None, cfg: FusionConfig | None = None):
+        self.cfg = cfg or FusionConfig()
+        self.weights = dict(weights or {n: 1.0 / len(CLASSIFIER_NAMES) for n in CLASSIFIER_NAMES})
+        if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
+            raise ModelInputError(f"fusion weights must be >= 0 with a positive sum: {self.weights}")
+
+    def vote(self, probs: dict[str, float]) -> Decision:
+        """One weighted vote, no re-prediction; label None when the margin is below the threshold."""
+        probs = {k: p_abnormal(v) for k, v in probs.items()}
+        unknown = set(probs) - set(self.weights)
+        if unknown or not probs:
+            raise ModelInputError(f"no fusion weight for {sorted(unknown)}" if unknown else "no model probabilities")
+        total = sum(self.weights[k] for k in probs)
+        w = {k: self.weights[k] / total for k in probs} if total > 0 else {k: 1 / len(probs) for k in probs}
+        votes = {k: int(p >= 0.5) for k, p in probs.items()}
+        abnormal = sum(w[k] for k, v in votes.items() if v)
+        margin = abs(2 * abnormal - 1)
+        decided = margin >= self.cfg.margin_threshold and not math.isclose(margin, 0.0, abs_tol=1e-12)
+        return Decision(
+            label=int(abnormal > 0.5) if decided else None,
+            p_abnormal=float(sum(w[k] * p for k, p in probs.items())),
+            margin=float(margin), votes=votes, probs=probs, weights=w,
+            needs_review=not decided, review_reason=None if decided else NO_MAJORITY,
+        )
+
+    def decide(self, probs: dict[str, float], repredict: Callable[[], dict[str, float]] | None = None,
+               ood: tuple[float, bool, str | None] | None = None) -> Decision:
+        """Vote; re-vote on ``repredict()`` (TTA) when undecided; apply the OOD verdict ``(distance, is_ood, reason)``."""
+        decision = self.vote(probs)
+        if decision.label is None and repredict is not None:
+            decision = self.vote(repredict())
+            decision.repredicted = True
+        if ood is not None:
+            distance, is_ood, detail = ood
+            decision.ood_distance, decision.ood_detail = float(distance), detail
+            if is_ood:
+                decision.label, decision.needs_review, decision.review_reason = None, True, OUT_OF_DISTRIBUTION
+        return decision
+
+    def decide_batch(self, probs: dict[str, np.ndarray], repredict: Callable[[int], dict[str, float]] | None = None,
+                     ood: list[tuple[float, bool, str | None]] | None = None) -> list[Decision]:
+        """``decide`` for N items; ``probs[model]`` is ``(N,)`` or ``(N, 2)``; ``repredict(i)`` re-predicts item i."""
+        n = len(next(iter(probs.values())))
+        return [
+            self.decide({k: v[i] for k, v in probs.items()},
+                        None if repredict is None else (lambda i=i: repredict(i)),
+                        None if ood is None else ood[i])
+            for i in range(n)
+        ]
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights, "margin_threshold": self.cfg.margin_threshold,
+                "tta_rounds": self.cfg.tta_rounds, "ood_quantile": self.cfg.ood_quantile}
+
+    def save(self, path: str | Path, **extra) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({**self.to_dict(), **extra}, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Fusion":
+        data = json.loads(Path(path).read_text())
+        cfg = FusionConfig(margin_threshold=data["margin_threshold"], tta_rounds=data["tta_rounds"],
+                           ood_quantile=data["ood_quantile"])
+        return cls(data["weights"], cfg)
+
+
+def tta_repredict(classifiers: dict, image: np.ndarray, mask: np.ndarray, rounds: int, augment_cfg=None,
+                  seed: int = 0) -> Callable[[], dict[str, float]]:
+    """A ``repredict`` for ``Fusion.decide``: each model's mean p_abnormal over ``rounds`` augmented copies
+    (shared ``PairedAugment``; the same copies for every model)."""
+    from lungdr.augment import PairedAugment
+    from lungdr.config import AugmentConfig
+
+    def run() -> dict[str, float]:
+        aug = PairedAugment(augment_cfg or AugmentConfig())
+        rng = np.random.default_rng(seed)
+        pairs = [aug(image, mask, rng) for _ in range(max(1, rounds))]
+        images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+        return {name: float(clf.predict_proba(images, masks)[:, 1].mean()) for name, clf in classifiers.items()}
+
+    return run

@@ -1,0 +1,96 @@
+"""Evaluation metrics: overlap of masks (Dice, IoU) and normal/abnormal classification quality.
+
+Label 1 = abnormal (the positive class). Undefined values come back as ``None`` rather than raising or
+returning NaN: the AUC with one class only, sensitivity without positives, specificity without negatives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from lungdr.errors import ConfigError
+
+
+def _pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    if pred.shape != truth.shape:
+        raise ConfigError(f"prediction shape {pred.shape} != truth shape {truth.shape}")
+    return pred > 0, truth > 0
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """2|A∩B| / (|A|+|B|) of two masks (non-zero = foreground); 1.0 when both are empty."""
+    a, b = _pair(pred, truth)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """|A∩B| / |A∪B| of two masks; 1.0 when both are empty."""
+    a, b = _pair(pred, truth)
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def _labels(y, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ConfigError(f"{name} must be 1-D, got shape {y.shape}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ConfigError(f"{name} must hold only 0 (normal) and 1 (abnormal)")
+    return y.astype(np.int64)
+
+
+def _scores(p, n: int) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    if p.shape != (n,):
+        raise ConfigError(f"p_abnormal must have shape ({n},), got {p.shape}")
+    if not np.isfinite(p).all():
+        raise ConfigError("p_abnormal holds NaN or infinite values")
+    return p
+
+
+def confusion(y_true, y_pred) -> np.ndarray:
+    """2x2 counts ``[[tn, fp], [fn, tp]]`` (rows = truth 0/1, columns = prediction 0/1)."""
+    t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise ConfigError(f"y_true and y_pred lengths differ: {t.size} vs {p.size}")
+    return np.bincount(2 * t + p, minlength=4).reshape(2, 2)
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return None if den == 0 else num / den
+
+
+def classification_metrics(y_true, p_abnormal, y_pred=None, threshold: float = 0.5) -> dict:
+    """Accuracy, AUC, sensitivity, specificity and counts for binary predictions.
+
+    ``y_pred`` defaults to ``p_abnormal >= threshold``; pass it when the decision is made otherwise
+    (e.g. a weighted vote). Returns ``{accuracy, auc, sensitivity, specificity, n, tp, fp, tn, fn}``.
+    """
+    t = _labels(y_true, "y_true")
+    p = _scores(p_abnormal, t.size)
+    pred = (p >= threshold).astype(np.int64) if y_pred is None else _labels(y_pred, "y_pred")
+    (tn, fp), (fn, tp) = confusion(t, pred).tolist()
+    both = t.size > 0 and 0 < t.sum() < t.size
+    return {
+        "accuracy": _ratio(tp + tn, t.size),
+        "auc": float(roc_auc_score(t, p)) if both else None,
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "n": int(t.size),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+    }
+
+
+def roc_points(y_true, p) -> dict | None:
+    """The ROC curve as ``{fpr, tpr, thresholds}`` lists (JSON-ready), or None with one class only."""
+    t = _labels(y_true, "y_true")
+    s = _scores(p, t.size)
+    if not (t.size and 0 < t.sum() < t.size):
+        return None
+    fpr, tpr, thr = roc_curve(t, s)
+    thr = np.where(np.isfinite(thr), thr, np.nan)  # sklearn's first threshold is +inf
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
+            "thresholds": [None if np.isnan(x) else float(x) for x in thr]}

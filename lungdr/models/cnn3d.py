@@ -1,0 +1,118 @@
+"""C3: the paper's 3-D CNN (§4.2) — 3x3x3 conv(32) -> pool -> 3x3x3 conv(64) -> pool -> FC 1024 -> dropout -> 2,
+Adam (lr 1e-3).
+
+One network serves two inputs:
+
+* CT volumes: HU -> lung window (W 1500, L -600) -> [0, 1], resampled to ``CNN3DConfig.ct_shape``.
+  ``fit_ct`` pre-trains on them. In this project the labelled CT data are synthetic phantoms
+  (``lungdr.synthetic.write_ct_corpus``, nodules = abnormal); the one real series is unlabelled.
+* DR images lifted to a ``depth``-frame pseudo-volume by ``lift_to_volume`` (scale space, see there).
+
+Deviation from the paper, so both inputs fit one network: an adaptive max-pool to ``POOLED`` (z, y, x) sits
+between the second pool and the FC layer (it also keeps FC 1024 at 2 M weights instead of tens of millions).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from lungdr.config import CNN3DConfig
+from lungdr.models.base import check_labels
+from lungdr.models.torchnet import TorchClassifier
+
+POOLED = (2, 4, 4)
+LUNG_WINDOW = (-1350.0, 150.0)  # HU range of the W 1500 / L -600 lung window
+
+
+class Net3D(nn.Module):
+    def __init__(self, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv3d(1, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool3d(2, ceil_mode=True),
+            nn.Conv3d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool3d(2, ceil_mode=True),
+            nn.AdaptiveMaxPool3d(POOLED),
+        )
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(64 * int(np.prod(POOLED)), 1024), nn.ReLU(inplace=True),
+                                    nn.Dropout(dropout))
+        self.fc = nn.Linear(1024, 2)
+
+    def forward(self, x):
+        return self.fc(self.hidden(self.features(x)))
+
+
+def build_model(cfg: CNN3DConfig) -> Net3D:
+    return Net3D(cfg.dropout)
+
+
+def lift_to_volume(image: np.ndarray, mask: np.ndarray, depth: int, size: int) -> np.ndarray:
+    """A DR image as a ``(depth, size, size)`` float32 scale-space pseudo-volume in [0, 1].
+
+    Frame ``k`` = the image Gaussian-smoothed with ``sigma_k = k * size / 64`` px, shown through the lung mask
+    dilated by ``k * size / 32`` px. Frame 0 is the raw lung field; deeper frames are smoother and see more of
+    the surrounding chest, so the depth axis carries scale (fine texture -> coarse opacity and context), which
+    the 3-D kernels can correlate the way they correlate neighbouring CT slices.
+    """
+    image = cv2.resize(np.asarray(image, np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(np.asarray(mask, np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    frames = np.empty((depth, size, size), np.float32)
+    for k in range(depth):
+        sigma = k * size / 64.0
+        smooth = cv2.GaussianBlur(image, (0, 0), sigma) if sigma > 0 else image
+        radius = int(round(k * size / 32.0))
+        grown = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)) if radius else mask
+        frames[k] = smooth * grown
+    return np.clip(frames, 0.0, 1.0)
+
+
+def ct_to_input(hu: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """HU volume -> lung window -> [0, 1] float32 resampled to ``shape`` (z, y, x)."""
+    from lungdr.io.volume import resample_volume
+
+    lo, hi = LUNG_WINDOW
+    windowed = (np.clip(np.asarray(hu, np.float32), lo, hi) - lo) / (hi - lo)
+    return np.clip(resample_volume(windowed, tuple(shape)), 0.0, 1.0).astype(np.float32)
+
+
+class CNN3D(TorchClassifier):
+    name = "cnn3d"
+    config_cls = CNN3DConfig
+
+    def __init__(self, cfg: CNN3DConfig | None = None, device: str | None = None):
+        super().__init__(cfg, device)
+        self.ct_history: list[float] = []
+        self.ct_sources: dict = {}
+
+    def build(self, pretrained: bool = True) -> nn.Module:
+        return build_model(self.cfg)
+
+    def inputs(self, images, masks) -> np.ndarray:
+        vols = [lift_to_volume(i, m, self.cfg.depth, self.cfg.size) for i, m in zip(images, masks)]
+        return np.stack(vols)[:, None] if vols else np.zeros((0, 1, self.cfg.depth, self.cfg.size, self.cfg.size))
+
+    def ct_inputs(self, volumes_hu) -> np.ndarray:
+        return np.stack([ct_to_input(v, self.cfg.ct_shape) for v in volumes_hu])[:, None]
+
+    def fit_ct(self, volumes_hu, y, epochs: int | None = None, source: str = "synthetic") -> "CNN3D":
+        """Pre-train on CT volumes (HU) before / besides the DR pseudo-volumes; ``source`` goes on the card."""
+        x = self.ct_inputs(volumes_hu)
+        before = len(self.history)
+        self.fit_arrays(x, check_labels(y, len(x)), self.cfg.epochs if epochs is None else epochs)
+        self.ct_history += self.history[before:]
+        del self.history[before:]
+        self.ct_sources[source] = self.ct_sources.get(source, 0) + len(x)
+        return self
+
+    def extra_config(self) -> dict:
+        return {"ct_history": self.ct_history, "ct_sources": self.ct_sources}
+
+    def _restore_meta(self, meta: dict) -> None:
+        super()._restore_meta(meta)
+        self.ct_history = list(meta.get("ct_history", []))
+        self.ct_sources = dict(meta.get("ct_sources", {}))
+
+    @property
+    def metadata(self) -> dict:
+        return self.extra_config()

@@ -1,0 +1,209 @@
+"""Plumbing shared by the two torch classifiers: seeding, one training epoch, batched prediction,
+penultimate-layer embeddings and the ``TorchClassifier`` base that turns (images, masks) into tensors.
+
+``train_epoch`` and ``predict`` are plain functions so the Ray Train loops (lungdr/scale/train.py) reuse them
+on a DDP-wrapped model. Every network names its final linear layer ``fc``; its input is the embedding.
+"""
+
+from __future__ import annotations
+
+import abc
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from lungdr.models.base import (
+    Classifier, NotFittedError, check_images, check_labels, read_config, write_config,
+)
+from lungdr.errors import BundleError
+
+AUX_WEIGHT = 0.4  # Inception's auxiliary-head loss weight
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global RNG (weight init, dropout); numpy work takes its own Generator."""
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``train()`` but frozen BatchNorm layers keep their running statistics (eval mode)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def classification_loss(output, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy; Inception's train-mode ``(logits, aux_logits)`` adds the weighted auxiliary loss."""
+    if isinstance(output, tuple):
+        logits, aux = output[0], output[1]
+        loss = nn.functional.cross_entropy(logits, target)
+        return loss + AUX_WEIGHT * nn.functional.cross_entropy(aux, target) if aux is not None else loss
+    return nn.functional.cross_entropy(output, target)
+
+
+def train_epoch(model: nn.Module, optimizer, batches, device) -> float:
+    """One pass over ``batches`` (iterable of ``(x, y)`` tensors or arrays); returns the mean loss."""
+    set_train_mode(model)
+    total, count = 0.0, 0
+    for x, y in batches:
+        x = torch.as_tensor(x, dtype=torch.float32).to(device)
+        y = torch.as_tensor(y, dtype=torch.long).to(device)
+        optimizer.zero_grad()
+        loss = classification_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(y)
+        count += len(y)
+    return total / max(count, 1)
+
+
+def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator,
+                  transform: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None):
+    """Shuffled ``(x, y)`` mini-batches; ``transform`` (augmentation) runs per batch. Drops a final batch of 1
+    (BatchNorm cannot train on it)."""
+    order = rng.permutation(len(x))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        if len(idx) < 2 and len(order) > 1:
+            continue
+        xb = x[idx] if transform is None else transform(x[idx], rng)
+        yield xb, y[idx]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int, device) -> np.ndarray:
+    """``(N, 2)`` softmax probabilities, eval mode, in batches."""
+    model.eval()
+    out = [torch.softmax(model(torch.as_tensor(x[i:i + batch_size], dtype=torch.float32).to(device)), 1).cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).double().numpy() if out else np.zeros((0, 2))
+
+
+@torch.no_grad()
+def embed(model: nn.Module, x: np.ndarray, batch_size: int, device) -> np.ndarray:
+    """``(N, D)`` inputs of the final ``fc`` layer (the penultimate representation), eval mode."""
+    model.eval()
+    captured: list[torch.Tensor] = []
+    hook = _unwrap(model).fc.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach().cpu()))
+    try:
+        for i in range(0, len(x), batch_size):
+            model(torch.as_tensor(x[i:i + batch_size], dtype=torch.float32).to(device))
+    finally:
+        hook.remove()
+    return torch.cat(captured).double().numpy() if captured else np.zeros((0, 0))
+
+
+def state_dict_bytes(model: nn.Module) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in _unwrap(model).state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def load_state(data: bytes) -> dict:
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+class TorchClassifier(Classifier):
+    """Generic fit / predict / save / load; subclasses give ``build`` and ``inputs`` (+ optional ``augment``)."""
+
+    config_cls: type
+
+    def __init__(self, cfg=None, device: str | None = None):
+        self.cfg = cfg or self.config_cls()
+        self.device = pick_device(device)
+        self.model: nn.Module | None = None
+        self.history: list[float] = []
+
+    @abc.abstractmethod
+    def build(self, pretrained: bool = True) -> nn.Module:
+        """A fresh network for ``self.cfg``; ``pretrained=False`` skips fetching initial weights (a state
+        dict is about to be loaded)."""
+
+    @abc.abstractmethod
+    def inputs(self, images: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+        """Network input array for validated images and masks."""
+
+    def augment_fn(self):
+        """Per-batch augmentation for training, or None."""
+        return None
+
+    def extra_config(self) -> dict:
+        return {}
+
+    def _prepare(self, images, masks) -> np.ndarray:
+        return self.inputs(*check_images(images, masks))
+
+    def fit(self, images, masks, y, groups=None) -> "TorchClassifier":
+        x = self._prepare(images, masks)
+        return self.fit_arrays(x, check_labels(y, len(x)), self.cfg.epochs)
+
+    def fit_arrays(self, x: np.ndarray, y: np.ndarray, epochs: int) -> "TorchClassifier":
+        """Train (or keep training) on network-ready inputs."""
+        seed_everything(self.cfg.seed)
+        rng = np.random.default_rng(self.cfg.seed)
+        if self.model is None:
+            self.model = self.build().to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.cfg.lr)
+        for _ in range(epochs):
+            batches = array_batches(x, y, self.cfg.batch_size, rng, self.augment_fn())
+            self.history.append(train_epoch(self.model, optimizer, batches, self.device))
+        return self
+
+    def _fitted(self) -> nn.Module:
+        if self.model is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted")
+        return self.model
+
+    def predict_proba(self, images, masks) -> np.ndarray:
+        return predict(self._fitted(), self._prepare(images, masks), self.cfg.batch_size, self.device)
+
+    def embed(self, images, masks) -> np.ndarray:
+        return embed(self._fitted(), self._prepare(images, masks), self.cfg.batch_size, self.device)
+
+    def save(self, directory) -> Path:
+        from lungdr.config import to_dict
+
+        directory = Path(directory)
+        write_config(directory, self.name, to_dict(self.cfg), history=self.history, **self.extra_config())
+        (directory / "model.pt").write_bytes(state_dict_bytes(self._fitted()))
+        return directory
+
+    @classmethod
+    def from_state(cls, cfg, state: dict, meta: dict | None = None, device: str | None = None):
+        """A fitted classifier from a trained state dict (what Ray Train checkpoints hold)."""
+        obj = cls(cfg, device=device)
+        obj._restore_meta(meta or {})
+        model = obj.build(pretrained=False)
+        model.load_state_dict(state)
+        obj.model = model.to(obj.device).eval()
+        return obj
+
+    def _restore_meta(self, meta: dict) -> None:
+        self.history = list(meta.get("history", []))
+
+    @classmethod
+    def load(cls, directory, device: str | None = None):
+        from lungdr.config import from_dict
+
+        meta = read_config(directory)
+        try:
+            state = load_state((Path(directory) / "model.pt").read_bytes())
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise BundleError(f"cannot read {cls.name} weights: {exc}") from exc
+        return cls.from_state(from_dict(cls.config_cls, meta["config"]), state, meta, device)

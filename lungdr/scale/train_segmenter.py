@@ -1,0 +1,241 @@
+"""Distributed U-Net training with Ray Train (``TorchTrainer``, DDP over N workers, CPU or GPU).
+
+The driver lists the corpus, splits it by patient, adds accepted GrabCut pseudo-masks to the training side, and
+hands Ray Data ingestion pipelines (``lungdr.scale.data.ingest``) to the trainer. Each worker augments its shard on
+the fly, runs ``train_one_epoch`` and ``evaluate`` (the same functions as the local loop), and reports the validation
+Dice with a checkpoint every epoch. A run resumes from the latest checkpoint of the latest run of the same name
+(Ray Train restores the run's checkpoint history) or from an explicit checkpoint path. The best-validation weights
+become a segmenter bundle with metrics and a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import ray
+import ray.train
+import torch
+
+from lungdr.config import AugmentConfig, PreprocessConfig, SegmenterConfig, from_dict, to_dict
+from lungdr.errors import ConfigError, EmptyInputError
+
+STATE = "train_state.pt"
+DEFAULT_NAME = "lungdr-segmenter"
+
+
+# ---------------------------------------------------------------- worker side
+
+def _load_state(config: dict) -> dict | None:
+    """Training state from Ray's restored checkpoint, else from ``config["resume_from"]`` (path or s3:// URI)."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None and config.get("resume_from"):
+        from lungdr.scale.storage import filesystem_for
+
+        path, fs = filesystem_for(config["resume_from"])
+        ckpt = ray.train.Checkpoint(path, filesystem=fs)
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return torch.load(os.path.join(d, STATE), map_location="cpu", weights_only=False)
+
+
+def _gather_metrics(metrics: dict) -> dict:
+    """Combine per-worker ``evaluate`` results (per-image scores) into global ones."""
+    import torch.distributed as dist
+
+    parts = [metrics]
+    if dist.is_available() and dist.is_initialized():
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, metrics)
+    dice = np.concatenate([p["scores"]["dice"] for p in parts]) if parts else np.zeros(0)
+    iou = np.concatenate([p["scores"]["iou"] for p in parts])
+    n = len(dice)
+    loss = sum(p["loss"] * p["n"] for p in parts if p["n"]) / max(n, 1)
+    nan = float("nan")
+    return {"val_dice": float(dice.mean()) if n else nan, "val_dice_median": float(np.median(dice)) if n else nan,
+            "val_iou": float(iou.mean()) if n else nan, "val_loss": float(loss) if n else nan, "val_n": n}
+
+
+def _numpy_batches(shard, batch_size: int, augment=None, rng=None, shuffle_buffer: int | None = None):
+    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=shuffle_buffer):
+        x, y = b["image"].astype(np.float32), b["mask"].astype(np.uint8)
+        if augment is not None:
+            from lungdr.segmentation.training import augment_batch
+
+            x, y = augment_batch(x, y, augment, rng)
+        yield x, y
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train worker: DDP U-Net training on the ``train`` shard, validation on the ``val`` shard."""
+    from ray.train.torch import get_device, prepare_model
+
+    from lungdr.augment import PairedAugment
+    from lungdr.segmentation.training import evaluate, train_one_epoch
+    from lungdr.segmentation.unet import build_unet, make_optimizer
+
+    cfg = from_dict(SegmenterConfig, config["segmenter"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.manual_seed(cfg.seed)  # same initial weights on every worker (DDP also broadcasts them)
+    model = build_unet(cfg)
+    state = _load_state(config)
+    start_epoch, best, history, best_model = 0, -1.0, [], None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        start_epoch, best, history, best_model = state["epoch"], state["best_dice"], state["history"], state["best_model"]
+    device = get_device()
+    model = prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+    optimizer = make_optimizer(model, cfg)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    augment = PairedAugment(from_dict(AugmentConfig, config["augment"])) if config.get("augment") else None
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        loss = train_one_epoch(model, optimizer, _numpy_batches(train_shard, cfg.batch_size, augment, rng,
+                                                                config.get("shuffle_buffer")), device)
+        # The unwrapped module: DDP's forward is a collective, and shards may differ by a batch.
+        local = evaluate(core, _numpy_batches(val_shard, cfg.batch_size), device, cfg.threshold, scores=True)
+        metrics = {"epoch": epoch, "train_loss": loss, **_gather_metrics(local),
+                   "seconds": round(time.perf_counter() - t0, 2)}
+        if metrics["val_n"] == 0 or metrics["val_dice"] > best:
+            best = metrics["val_dice"]
+            best_model = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                torch.save({"model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
+                            "optimizer": optimizer.state_dict(), "epoch": epoch, "best_dice": best,
+                            "best_model": best_model, "history": history}, os.path.join(tmp, STATE))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+# ---------------------------------------------------------------- driver side
+
+def latest_run(storage: str | None, name: str) -> str | None:
+    """Name of the newest run ``name`` or ``name-<timestamp>`` under ``storage`` that holds a checkpoint history."""
+    import pyarrow.fs as pafs
+
+    from lungdr.scale.storage import filesystem_for
+
+    root = storage or os.path.expanduser("~/ray_results")
+    path, fs = filesystem_for(root)
+    fs = fs or pafs.LocalFileSystem()
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return None
+    runs = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                  and (i.base_name == name or i.base_name.startswith(f"{name}-")))
+    for run in reversed(runs):
+        snap = fs.get_file_info(f"{path}/{run}/checkpoint_manager_snapshot.json")
+        if snap.type == pafs.FileType.File:
+            return run
+    return None
+
+
+def training_items(data: str, cfg: SegmenterConfig, pseudo_labels: str | None = None) -> tuple[list, list, dict]:
+    """``(train, val, description)``: human-masked items split by patient, plus accepted pseudo-masks (training
+    side only, never for a validation patient). Without a ``pseudo_labels`` table one is made first from the
+    corpus images that have no mask."""
+    from lungdr.io import load_corpus
+    from lungdr.segmentation.autolabel import has_pseudo_labels, make_pseudo_labels, pseudo_items
+    from lungdr.segmentation.training import split_items
+
+    items = load_corpus(data)
+    train, val = split_items(items, cfg)
+    pseudo: list = []
+    if pseudo_labels:
+        if not has_pseudo_labels(pseudo_labels):
+            make_pseudo_labels([i for i in items if not i.mask_uri], pseudo_labels)
+        val_patients = {i.patient for i in val}
+        pseudo = [p for p in pseudo_items(pseudo_labels, cfg.pseudo_label_min_quality) if p["patient"] not in val_patients]
+    desc = {"source": data, "human_masks_train": len(train), "human_masks_val": len(val), "pseudo_masks_train": len(pseudo),
+            "pseudo_label_min_quality": cfg.pseudo_label_min_quality if pseudo_labels else None,
+            "split": f"patient-disjoint, val_fraction {cfg.val_fraction}, seed {cfg.seed}",
+            "patients_train": len({i.patient for i in train}), "patients_val": len({i.patient for i in val})}
+    return list(train) + pseudo, list(val), desc
+
+
+def _mask_rows(uri: str, items: list, pre: PreprocessConfig):
+    from lungdr.scale.data import ingest
+
+    ds = ingest(uri, cfg=pre, masks=True, items=items)
+    return ds.filter(lambda r: not r["error"]).select_columns(["image", "mask"])
+
+
+def train_segmenter(
+    data: str,
+    out: str,
+    cfg: SegmenterConfig | None = None,
+    pre: PreprocessConfig | None = None,
+    augment: AugmentConfig | None = AugmentConfig(),
+    workers: int = 1,
+    use_gpu: bool | None = None,
+    cpus_per_worker: float = 1.0,
+    storage: str | None = None,
+    name: str = DEFAULT_NAME,
+    resume: bool = False,
+    resume_from: str | None = None,
+    pseudo_labels: str | None = None,
+) -> dict:
+    """Train on ``data`` (folder or s3:// corpus with masks) and write the segmenter bundle to ``out``.
+    Returns ``{"bundle", "model_version", "metrics", "history", "run", "storage"}``."""
+    from ray.train.torch import TorchTrainer
+
+    from lungdr.scale.storage import filesystem_for
+    from lungdr.segmentation.segmenter import Segmenter
+    from lungdr.segmentation.training import write_segmenter_bundle
+    from lungdr.segmentation.unet import UNet
+
+    cfg = cfg or SegmenterConfig()
+    pre = pre or PreprocessConfig(size=cfg.size)
+    if pre.size != cfg.size:
+        raise ConfigError(f"preprocess size {pre.size} != segmenter size {cfg.size}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    train_items, val_items, desc = training_items(data, cfg, pseudo_labels)
+    run = latest_run(storage, name) if resume else None
+    run = run or f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
+    path, fs = filesystem_for(storage) if storage else (None, None)
+    resources = {"GPU": 1} if use_gpu else {"CPU": cpus_per_worker}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"segmenter": to_dict(cfg), "augment": to_dict(augment) if augment else None,
+                           "resume_from": resume_from, "shuffle_buffer": max(2 * cfg.batch_size, 16)},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name=run, storage_path=path, storage_filesystem=fs,
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets={"train": _mask_rows(data, train_items, pre), "val": _mask_rows(data, val_items, pre)},
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise EmptyInputError("training produced no checkpoint (no epochs to run?)")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, STATE), map_location="cpu", weights_only=False)
+    model = UNet(in_channels=1, base=cfg.base, batch_norm=cfg.batch_norm)
+    model.load_state_dict(state["best_model"] or state["model"])
+    seg = Segmenter(model, cfg, pre, device="cpu")
+    history = state["history"]
+    best = max(history, key=lambda h: -1 if np.isnan(h["val_dice"]) else h["val_dice"])
+    metrics = {k: best[k] for k in ("val_dice", "val_dice_median", "val_iou", "val_loss", "val_n")}
+    metrics.update(best_epoch=best["epoch"], epochs=state["epoch"], workers=workers, use_gpu=bool(use_gpu))
+    write_segmenter_bundle(out, seg, metrics, desc)
+    from lungdr.bundle import open_bundle
+
+    return {"bundle": out, "model_version": open_bundle(out).model_version, "metrics": metrics,
+            "history": json.loads(json.dumps(history, default=float)), "run": run, "storage": storage}

@@ -1,0 +1,124 @@
+"""``Segmenter``: a trained U-Net with the settings it was trained with, predicting lung masks at the input's size.
+
+``predict(image)`` runs the whole path: ``Preprocess`` (gray, letterbox to the trained size, equalize) →
+U-Net → sigmoid → unletterbox the probabilities → threshold → keep the two lungs, fill holes.
+Stages that already hold letterboxed images (Ray Data rows) call ``probabilities``/``masks_from_probabilities``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from lungdr.config import PreprocessConfig, SegmenterConfig, from_dict, to_dict
+from lungdr.errors import BundleError, ConfigError
+from lungdr.segmentation.classical import postprocess_mask
+from lungdr.segmentation.unet import UNet, build_unet
+from lungdr.transforms import LetterboxInfo, Preprocess, unletterbox_mask
+
+WEIGHTS, CONFIG = "unet.pt", "config.json"
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Segmenter:
+    """U-Net weights + ``SegmenterConfig`` + the ``PreprocessConfig`` its inputs were made with."""
+
+    def __init__(
+        self,
+        model: UNet | None = None,
+        cfg: SegmenterConfig | None = None,
+        preprocess: PreprocessConfig | None = None,
+        device: str | torch.device | None = None,
+        seed: int | None = None,
+    ):
+        self.cfg = cfg or SegmenterConfig()
+        pre = preprocess or PreprocessConfig(size=self.cfg.size)
+        if pre.size != self.cfg.size:
+            raise ConfigError(f"preprocess size {pre.size} != segmenter size {self.cfg.size}")
+        if self.cfg.size % 16:
+            raise ConfigError(f"segmenter size must be a multiple of 16, got {self.cfg.size}")
+        self.preprocess_cfg = pre
+        self.pre = Preprocess(pre)
+        if model is None:
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = build_unet(self.cfg)
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Letterboxed, preprocessed images ``(B, N, N)`` float32 → lung probabilities ``(B, N, N)`` in one forward."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 3 or batch.shape[1:] != (self.cfg.size, self.cfg.size):
+            raise ConfigError(f"expected (B, {self.cfg.size}, {self.cfg.size}) images, got {batch.shape}")
+        self.model.eval()
+        x = torch.from_numpy(batch).unsqueeze(1).to(self.device)
+        return torch.sigmoid(self.model(x))[:, 0].float().cpu().numpy()
+
+    def masks_from_probabilities(self, prob: np.ndarray, info: LetterboxInfo | None = None) -> np.ndarray:
+        """One probability map → uint8 0/1 mask, at the original size when ``info`` is given, else at N x N."""
+        if info is None:
+            mask = (prob >= self.cfg.threshold).astype(np.uint8)
+        else:
+            mask = unletterbox_mask(prob, info, self.cfg.threshold)
+        return postprocess_mask(mask)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """2-D images of any sizes → masks at each image's own size (one forward pass for the batch)."""
+        if len(images) == 0:
+            return []
+        prepared = [self.pre(img) for img in images]
+        probs = self.probabilities(np.stack([p[0] for p in prepared]))
+        return [self.masks_from_probabilities(p, info) for p, (_, info) in zip(probs, prepared)]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """One 2-D image (any size) → uint8 0/1 lung mask of the same size."""
+        return self.predict_batch([image])[0]
+
+    # ------------------------------------------------------------------ persistence
+    def config_dict(self) -> dict:
+        return {"segmenter": to_dict(self.cfg), "preprocess": to_dict(self.preprocess_cfg), "unet": self.model.hparams()}
+
+    def save(self, directory: str | Path) -> dict[str, Path]:
+        """Write ``unet.pt`` (state dict) and ``config.json``; returns ``{name: path}`` for a bundle."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        torch.save(state, d / WEIGHTS)
+        (d / CONFIG).write_text(json.dumps(self.config_dict(), indent=2))
+        return {WEIGHTS: d / WEIGHTS, CONFIG: d / CONFIG}
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device | None = None) -> "Segmenter":
+        """Read what ``save`` wrote (e.g. ``bundle.path("segmenter/config.json").parent``)."""
+        d = Path(directory)
+        try:
+            conf = json.loads((d / CONFIG).read_text())
+            cfg = from_dict(SegmenterConfig, conf["segmenter"])
+            pre = from_dict(PreprocessConfig, conf["preprocess"])
+            model = UNet(**conf["unet"])
+            state = torch.load(d / WEIGHTS, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise BundleError(f"cannot load segmenter from {d}: {exc}") from exc
+        return cls(model, cfg, pre, device=device)
+
+    @classmethod
+    def from_bundle(cls, uri: str | Path, device: str | torch.device | None = None) -> "Segmenter":
+        """Open (and verify) a bundle and load its ``segmenter/`` component."""
+        from lungdr.bundle import open_bundle
+
+        bundle = open_bundle(uri)
+        return cls.load(bundle.path(f"segmenter/{CONFIG}").parent, device=device)

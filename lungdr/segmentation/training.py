@@ -1,0 +1,224 @@
+"""U-Net training as plain functions, shared by the local loop (``fit_local``) and Ray Train
+(``lungdr.scale.train_segmenter``): data selection with a patient-disjoint validation split, on-the-fly paired
+augmentation, one epoch of optimisation, evaluation (Dice after the same post-processing ``predict`` uses), and the
+segmenter bundle with its model card.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import replace
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from lungdr.config import AugmentConfig, PreprocessConfig, SegmenterConfig, to_dict
+from lungdr.errors import ConfigError, EmptyInputError
+from lungdr.segmentation.classical import postprocess_mask
+from lungdr.segmentation.unet import dice_bce_loss
+
+Batch = tuple[np.ndarray, np.ndarray]  # images (B, N, N) float32, masks (B, N, N) uint8
+CAVEAT = "paediatric Kermany data; adult chests untested unless stated"
+
+
+def split_items(items: list, cfg: SegmenterConfig) -> tuple[list, list]:
+    """Items with a human mask, split by patient (no patient in both); ``(train, val)``."""
+    from lungdr.io import patient_split
+
+    labelled = [i for i in items if getattr(i, "mask_uri", None)]
+    if len(labelled) < 2:
+        raise EmptyInputError(f"need at least 2 images with lung masks to train, found {len(labelled)}")
+    return patient_split(labelled, cfg.val_fraction, cfg.seed)
+
+
+def load_arrays(items: Iterable, pre: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read, decode and letterbox images and masks (``rows.Ingest``); returns ``(images, masks, errors)`` where
+    unreadable items are left out and reported in ``errors`` as ``"<id>: <reason>"``."""
+    from lungdr.rows import Ingest, item_row
+
+    ingest = Ingest(pre, masks=True)
+    images, masks, errors = [], [], []
+    for item in items:
+        row = ingest(item_row(item))
+        if row["error"]:
+            errors.append(f"{row['id']}: {row['error']}")
+            continue
+        images.append(row["image"])
+        masks.append(row["mask"])
+    n = pre.size
+    empty = (np.zeros((0, n, n), np.float32), np.zeros((0, n, n), np.uint8))
+    if not images:
+        return *empty, errors
+    return np.stack(images), np.stack(masks), errors
+
+
+def augment_batch(images: np.ndarray, masks: np.ndarray, augment: Callable | None, rng: np.random.Generator) -> Batch:
+    """Apply a ``PairedAugment`` to every (image, mask) pair of a batch (None = no augmentation)."""
+    if augment is None:
+        return images.astype(np.float32), masks.astype(np.uint8)
+    pairs = [augment(img, m, rng) for img, m in zip(images, masks)]
+    return np.stack([p[0] for p in pairs]).astype(np.float32), (np.stack([p[1] for p in pairs]) > 0).astype(np.uint8)
+
+
+def iterate_batches(
+    images: np.ndarray,
+    masks: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator | None = None,
+    augment: Callable | None = None,
+) -> Iterator[Batch]:
+    """Shuffled (when ``rng`` is given), optionally augmented mini-batches over in-memory arrays."""
+    order = rng.permutation(len(images)) if rng is not None else np.arange(len(images))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        if augment is not None and rng is not None:
+            yield augment_batch(images[idx], masks[idx], augment, rng)
+        else:
+            yield images[idx], masks[idx]
+
+
+def _tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = batch
+    return (
+        torch.as_tensor(np.asarray(x, np.float32)).unsqueeze(1).to(device),
+        torch.as_tensor(np.asarray(y, np.float32)).unsqueeze(1).to(device),
+    )
+
+
+def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
+                    device: torch.device | str = "cpu") -> float:
+    """One pass of Dice+BCE optimisation; returns the mean training loss (0.0 for no batches)."""
+    model.train()
+    total, n = 0.0, 0
+    for batch in batches:
+        x, y = _tensors(batch, torch.device(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss = dice_bce_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(x)
+        n += len(x)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu",
+             threshold: float = 0.5, scores: bool = False) -> dict:
+    """Per-image Dice and IoU of the post-processed masks (at letterbox size) plus the mean loss:
+    ``{"dice", "dice_median", "iou", "loss", "n"}`` (+ ``"scores": {"dice": [...], "iou": [...]}`` if asked)."""
+    from lungdr.metrics import dice, iou
+
+    model.eval()
+    dices, ious, losses = [], [], []
+    for batch in batches:
+        x, y = _tensors(batch, torch.device(device))
+        logits = model(x)
+        losses.append(float(dice_bce_loss(logits, y)) * len(x))
+        prob = torch.sigmoid(logits)[:, 0].cpu().numpy()
+        for p, t in zip(prob, np.asarray(batch[1])):
+            pred = postprocess_mask((p >= threshold).astype(np.uint8))
+            dices.append(dice(pred, t))
+            ious.append(iou(pred, t))
+    n, nan = len(dices), float("nan")
+    out = {"dice": float(np.mean(dices)) if n else nan, "dice_median": float(np.median(dices)) if n else nan,
+           "iou": float(np.mean(ious)) if n else nan, "loss": sum(losses) / n if n else nan, "n": n}
+    if scores:
+        out["scores"] = {"dice": np.asarray(dices, float), "iou": np.asarray(ious, float)}
+    return out
+
+
+def fit_local(
+    train: Batch,
+    val: Batch,
+    cfg: SegmenterConfig,
+    pre: PreprocessConfig | None = None,
+    augment_cfg: AugmentConfig | None = AugmentConfig(),
+    device: str | None = None,
+    log: Callable[[dict], None] | None = None,
+):
+    """Single-process training loop; returns ``(Segmenter with the best-validation weights, history)``."""
+    from lungdr.augment import PairedAugment
+    from lungdr.segmentation.segmenter import Segmenter
+    from lungdr.segmentation.unet import make_optimizer
+
+    seg = Segmenter(cfg=cfg, preprocess=pre or PreprocessConfig(size=cfg.size), device=device, seed=cfg.seed)
+    model, dev = seg.model, seg.device
+    optimizer = make_optimizer(model, cfg)
+    augment = PairedAugment(augment_cfg) if augment_cfg is not None else None
+    rng = np.random.default_rng(cfg.seed)
+    history, best, best_state = [], -1.0, None
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        loss = train_one_epoch(model, optimizer, iterate_batches(*train, cfg.batch_size, rng, augment), dev)
+        metrics = evaluate(model, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
+        rec = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
+               "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(rec)
+        if log:
+            log(rec)
+        if metrics["n"] == 0 or metrics["dice"] > best:
+            best = metrics["dice"]
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return seg, history
+
+
+def model_card(cfg: SegmenterConfig, metrics: dict, training_data: dict, size_bytes: int, caveats: list[str]) -> str:
+    """Markdown model card for a segmenter bundle."""
+    dice = metrics.get("val_dice")
+    lines = [
+        "# lungdr lung-field segmenter",
+        "",
+        f"U-Net (23 convolutions, base width {cfg.base}, batch norm {'on' if cfg.batch_norm else 'off'}) "
+        f"trained at {cfg.size} x {cfg.size} px with Dice + BCE, optimizer {cfg.optimizer} (lr {cfg.lr}).",
+        "",
+        "## Intended use",
+        "Lung-field masks on frontal chest radiographs as the first stage of lungdr. Not a diagnostic device.",
+        "",
+        "## Training data",
+        *[f"- {k}: {v}" for k, v in training_data.items()],
+        "",
+        "## Evaluation (patient-disjoint validation split)",
+        f"- Dice (mean): {dice:.4f}" if isinstance(dice, float) else "- Dice: not measured",
+        *[f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items() if k != "val_dice"],
+        "",
+        f"## Size\n- weights: {size_bytes / 1e6:.2f} MB",
+        "",
+        "## Caveats",
+        *[f"- {c}" for c in caveats],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_segmenter_bundle(uri: str, seg, metrics: dict, training_data: dict, caveats: list[str] | None = None) -> str:
+    """Save ``seg`` under ``segmenter/`` of a new bundle at ``uri`` with manifest and model card."""
+    from lungdr.bundle import write_bundle
+
+    caveats = list(caveats or [CAVEAT])
+    with tempfile.TemporaryDirectory(prefix="lungdr-seg-") as tmp:
+        files = seg.save(tmp)
+        size = sum(p.stat().st_size for p in files.values())
+        manifest = {
+            "kind": "segmenter",
+            "preprocess": to_dict(seg.preprocess_cfg),
+            "segmenter": to_dict(seg.cfg),
+            "training_data": training_data,
+            "metrics": metrics,
+            "caveats": caveats,
+        }
+        card = model_card(seg.cfg, metrics, training_data, size, caveats)
+        return write_bundle(uri, {f"segmenter/{k}": v for k, v in files.items()}, manifest, card)
+
+
+def with_overrides(cfg: SegmenterConfig, **kw) -> SegmenterConfig:
+    """``cfg`` with the non-None keyword overrides applied (CLI flags)."""
+    kw = {k: v for k, v in kw.items() if v is not None}
+    try:
+        return replace(cfg, **kw)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc

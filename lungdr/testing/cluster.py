@@ -1,0 +1,228 @@
+"""A real multi-node Ray cluster on one machine, for tests and the 1-vs-2-node benchmark.
+
+``LocalCluster`` starts a head and N worker nodes with ``ray start --block`` as subprocesses, every one of
+them under a private temp dir and on free ports, so it never touches another Ray running on the same
+machine. ``stop()`` ends exactly the processes of *this* cluster (the ``ray start`` parents, then anything
+whose command line names the private temp dir), SIGTERM first and SIGKILL after a grace period. It never
+runs ``ray stop``, which would kill every Ray cluster of the user.
+
+    with LocalCluster(workers=1) as c:
+        subprocess.run([..."ray", "job", "submit", "--address", c.dashboard_url, ...])
+
+Ray-free at import: the package is driven through its CLI only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from lungdr.errors import LungdrError
+
+_HOST = "127.0.0.1"
+
+
+class ClusterStartError(LungdrError):
+    code = "cluster_start"
+
+
+def free_port() -> int:
+    """A TCP port that is free right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((_HOST, 0))
+        return s.getsockname()[1]
+
+
+def ray_executable() -> str:
+    """The ``ray`` CLI that belongs to this Python (the venv's), else the one on PATH."""
+    here = Path(sys.executable).with_name("ray")
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+def cluster_env(extra: dict | None = None) -> dict:
+    """Environment for the cluster's processes and for ``ray job submit`` against it."""
+    env = dict(os.environ)
+    env.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+    # `python` in a job entrypoint must be this interpreter (the one with lungdr and Ray installed).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra or {})
+    return env
+
+
+class LocalCluster:
+    """Head + ``workers`` nodes; ``address`` (GCS host:port) and ``dashboard_url`` (jobs API)."""
+
+    def __init__(self, workers: int = 1, head_cpus: int = 1, worker_cpus: int = 1,
+                 object_store_mb: int = 100, start_timeout_s: float = 90.0):
+        self.workers = workers
+        self.head_cpus, self.worker_cpus = head_cpus, worker_cpus
+        self.object_store_bytes = object_store_mb * 1024 * 1024
+        self.start_timeout_s = start_timeout_s
+        self.temp_dir: str | None = None
+        self.port = self.dashboard_port = 0
+        self._procs: list[subprocess.Popen] = []
+
+    # ---- addresses -------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        return f"{_HOST}:{self.port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{_HOST}:{self.dashboard_port}"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "LocalCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="lungdr-ray-")
+        self.port, self.dashboard_port = free_port(), free_port()
+        try:
+            self._start_node(head=True)
+            self._wait_nodes(1)
+            for i in range(self.workers):
+                self._start_node(head=False, index=i)
+            self._wait_nodes(1 + self.workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _node_ports(self) -> list[str]:
+        """Every listening port a node opens, chosen free, so two nodes on one host never collide."""
+        return [
+            "--node-manager-port", str(free_port()),
+            "--object-manager-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()),
+            "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()),
+            "--metrics-export-port", str(free_port()),
+        ]
+
+    def _start_node(self, head: bool, index: int = 0) -> None:
+        ray = ray_executable()
+        if head:
+            args = [ray, "start", "--head", "--node-ip-address", _HOST, "--port", str(self.port),
+                    "--num-cpus", str(self.head_cpus), "--resources", json.dumps({"head_node": 1}),
+                    "--include-dashboard", "true", "--dashboard-host", _HOST,
+                    "--dashboard-port", str(self.dashboard_port),
+                    "--ray-client-server-port", str(free_port()), "--temp-dir", self.temp_dir]
+            log_name = "head"
+        else:
+            args = [ray, "start", "--address", self.address, "--node-ip-address", _HOST,
+                    "--num-cpus", str(self.worker_cpus), "--resources", json.dumps({"worker_node": 1})]
+            log_name = f"worker{index}"
+        args += self._node_ports() + ["--object-store-memory", str(self.object_store_bytes),
+                                      "--disable-usage-stats", "--block"]
+        log = open(Path(self.temp_dir) / f"{log_name}.start.log", "wb")
+        self._procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=cluster_env(),
+                                            start_new_session=True))
+
+    def _wait_nodes(self, n: int) -> None:
+        """Poll the dashboard's node list until ``n`` nodes are alive (or a node process died)."""
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self._procs):
+                raise ClusterStartError(f"a ray node exited during start:\n{self.logs()}")
+            if len(self.alive_nodes()) >= n:
+                return
+            time.sleep(0.5)
+        raise ClusterStartError(f"{n} ray nodes not alive after {self.start_timeout_s}s:\n{self.logs()}")
+
+    def alive_nodes(self) -> list[dict]:
+        """The cluster's live nodes from the dashboard's state API ([] while it is not up)."""
+        url = f"{self.dashboard_url}/api/v0/nodes?limit=100&detail=true"
+        try:
+            with urllib.request.urlopen(url, timeout=3) as r:
+                data = json.loads(r.read())
+        except (OSError, ValueError):
+            return []
+        rows = (data.get("data") or {}).get("result") or {}
+        rows = rows.get("result", []) if isinstance(rows, dict) else rows
+        return [n for n in rows if n.get("state") == "ALIVE"]
+
+    def own_processes(self) -> list[psutil.Process]:
+        """The ``ray start`` parents we launched, their descendants, and every process naming our temp dir."""
+        found: dict[int, psutil.Process] = {}
+        for p in self._procs:
+            try:
+                parent = psutil.Process(p.pid)
+                found[parent.pid] = parent
+                for child in parent.children(recursive=True):
+                    found[child.pid] = child
+            except psutil.NoSuchProcess:
+                pass
+        if self.temp_dir:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                try:
+                    if any(self.temp_dir in part for part in (proc.info["cmdline"] or [])):
+                        found[proc.pid] = proc
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self, grace_s: float = 10.0, keep_logs: bool = False) -> None:
+        """SIGTERM this cluster's processes, SIGKILL what is left after ``grace_s``, then remove the temp
+        dir (unless ``keep_logs``); idempotent."""
+        procs = self.own_processes()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in procs:
+                try:
+                    proc.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+            _, procs = psutil.wait_procs(procs, timeout=grace_s if sig == signal.SIGTERM else 5)
+            procs += [p for p in self.own_processes() if p.pid not in {q.pid for q in procs}]
+            if not procs:
+                break
+        for p in self._procs:
+            if p.poll() is None:
+                p.wait(timeout=5)
+        self._procs.clear()
+        if self.temp_dir and not keep_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def logs(self) -> str:
+        """The ``ray start`` output of every node (for error messages)."""
+        if not self.temp_dir:
+            return ""
+        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-3000:]}"
+                         for f in sorted(Path(self.temp_dir).glob("*.start.log")))
+
+
+def submit_job(cluster: LocalCluster, entrypoint: list[str], working_dir: str | Path,
+               timeout_s: float = 600.0) -> subprocess.CompletedProcess:
+    """``ray job submit`` (blocking) of ``entrypoint`` with ``working_dir`` uploaded; stdout has the job's log."""
+    runtime_env = {"excludes": [".git", ".venv", "tests", "benchmarks", "*.parquet"]}
+    args = [ray_executable(), "job", "submit", "--address", cluster.dashboard_url,
+            "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=cluster_env())
+
+
+def last_json(text: str) -> dict | None:
+    """The last top-level JSON object printed in ``text`` (a job's summary among its log lines), or None."""
+    decoder, pos, last = json.JSONDecoder(), 0, None
+    while (start := text.find("{", pos)) != -1:
+        try:
+            obj, pos = decoder.raw_decode(text, start)
+            last = obj if isinstance(obj, dict) else last
+        except ValueError:
+            pos = start + 1
+    return last

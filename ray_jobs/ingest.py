@@ -1,0 +1,14 @@
+"""Ray job: ingest + preprocess a corpus (folder or s3:// prefix) and print a JSON summary.
+
+    ray job submit --working-dir . -- python ray_jobs/ingest.py --data s3://bucket/corpus --size 256
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the working dir's lungdr/
+
+from lungdr.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main(["ingest", *sys.argv[1:]]))

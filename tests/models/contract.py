@@ -1,0 +1,85 @@
+"""The classifier contract every model's test class inherits (set ``make`` and the knobs).
+
+Data: seeded synthetic DR phantoms (normal vs. abnormal with consolidation-like opacities), tiny size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from lungdr.models import load_classifier
+from lungdr.models.base import ModelInputError, NotFittedError
+from lungdr.synthetic import make_dr_phantom
+
+
+def phantom_set(n: int, size: int, seed: int):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    pairs = [make_dr_phantom(size, bool(label), rng) for label in y]
+    return [p[0] for p in pairs], [p[1] for p in pairs], y
+
+
+class ClassifierContract:
+    size = 48
+    n_train = 24
+    n_test = 16
+    min_auc = 0.75
+
+    def make(self):
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    def data(self):
+        train = phantom_set(self.n_train, self.size, seed=1)
+        test = phantom_set(self.n_test, self.size, seed=2)
+        groups = np.array([f"p{i // 2}" for i in range(self.n_train)])  # two images per patient
+        return train, test, groups
+
+    @pytest.fixture(scope="class")
+    def fitted(self, data):
+        (images, masks, y), _, groups = data
+        return self.make().fit(images, masks, y, groups=groups)
+
+    def test_probabilities_are_valid(self, fitted, data):
+        images, masks, _ = data[1]
+        probs = fitted.predict_proba(images, masks)
+        assert probs.shape == (len(images), 2)
+        assert np.all((probs >= 0) & (probs <= 1))
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+
+    def test_learns_better_than_chance(self, fitted, data):
+        images, masks, y = data[1]
+        auc = roc_auc_score(y, fitted.predict_proba(images, masks)[:, 1])
+        assert auc >= self.min_auc, f"held-out AUC {auc:.2f}"
+
+    def test_save_load_round_trip(self, fitted, data, tmp_path):
+        images, masks, _ = data[1]
+        fitted.save(tmp_path / "clf")
+        loaded = load_classifier(tmp_path / "clf")
+        assert type(loaded) is type(fitted) and loaded.name == fitted.name
+        np.testing.assert_array_equal(loaded.predict_proba(images, masks), fitted.predict_proba(images, masks))
+
+    def test_deterministic_with_seed(self, fitted, data):
+        (images, masks, y), (t_images, t_masks, _), groups = data
+        again = self.make().fit(images, masks, y, groups=groups)
+        np.testing.assert_allclose(again.predict_proba(t_images, t_masks), fitted.predict_proba(t_images, t_masks),
+                                   atol=1e-6)
+
+    def test_embeddings(self, fitted, data):
+        images, masks, _ = data[1]
+        emb = fitted.embed(images, masks)
+        assert emb.ndim == 2 and emb.shape[0] == len(images) and emb.shape[1] >= 2
+        assert np.isfinite(emb).all()
+
+    def test_bad_input_gets_typed_errors(self, fitted, data):
+        images, masks, y = data[0]
+        with pytest.raises(ModelInputError):
+            fitted.predict_proba(images[:2], masks[:1])
+        with pytest.raises(ModelInputError):
+            fitted.predict_proba([images[0]], [masks[0][:-1]])
+        with pytest.raises(ModelInputError):
+            self.make().fit(images[:4], masks[:4], np.zeros(4))  # one class only
+        with pytest.raises(NotFittedError):
+            self.make().predict_proba(images[:1], masks[:1])

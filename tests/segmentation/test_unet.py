@@ -1,0 +1,63 @@
+"""U-Net shape contract, layer count, loss and optimizers."""
+
+import pytest
+import torch
+
+from lungdr.config import SegmenterConfig
+from lungdr.errors import ConfigError
+from lungdr.segmentation.unet import UNet, count_convs, dice_bce_loss, make_optimizer
+
+
+def test_paper_layout_has_23_convolutions():
+    assert count_convs(UNet(base=4)) == 23
+    assert count_convs(UNet(base=4, batch_norm=False)) == 23
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 80), (64, 16)])
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_output_has_the_input_size(shape, batch_norm):
+    torch.manual_seed(0)
+    model = UNet(base=4, batch_norm=batch_norm)
+    x = torch.rand(2, 1, *shape, requires_grad=True)
+    y = model(x)
+    assert y.shape == (2, 1, *shape)
+    y.mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_sides_not_divisible_by_16_are_refused():
+    with pytest.raises(ConfigError):
+        UNet(base=4)(torch.zeros(1, 1, 40, 32))
+
+
+def test_dice_bce_loss_orders_predictions():
+    target = torch.zeros(1, 1, 16, 16)
+    target[..., 4:12, 4:12] = 1
+    perfect = torch.where(target > 0, 8.0, -8.0)
+    wrong = -perfect
+    assert dice_bce_loss(perfect, target) < 0.05
+    assert dice_bce_loss(wrong, target) > 0.9
+    assert dice_bce_loss(perfect, target) < dice_bce_loss(torch.zeros_like(target), target) < dice_bce_loss(wrong, target)
+
+
+def test_optimizers_and_a_few_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32)
+    y = (x > 0.5).float()  # a pixel-wise rule a U-Net learns quickly
+    for name in ("adam", "sgd"):
+        model = UNet(base=4)
+        opt = make_optimizer(model, SegmenterConfig(optimizer=name, lr=1e-2 if name == "adam" else 1e-3))
+        assert isinstance(opt, torch.optim.Adam if name == "adam" else torch.optim.SGD)
+        first = None
+        for _ in range(15):
+            opt.zero_grad()
+            loss = dice_bce_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            first = first if first is not None else float(loss.detach())
+        assert float(loss) < first, name
+    assert make_optimizer(UNet(base=4), SegmenterConfig(optimizer="sgd")).defaults["momentum"] == 0.99
+    with pytest.raises(ConfigError):
+        make_optimizer(UNet(base=4), SegmenterConfig(optimizer="lbfgs"))

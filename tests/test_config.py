@@ -1,0 +1,35 @@
+import pytest
+
+from lungdr.config import LungdrConfig, dump_config, load_config, to_dict
+from lungdr.errors import ConfigError
+
+
+def test_defaults_round_trip_through_yaml(tmp_path):
+    cfg = LungdrConfig()
+    path = tmp_path / "c.yaml"
+    dump_config(cfg, path)
+    assert load_config(path) == cfg
+
+
+def test_partial_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preprocess:\n  size: 128\nsvm:\n  C: [1, 2]\n")
+    cfg = load_config(path, overrides={"segmenter": {"epochs": 3}})
+    assert cfg.preprocess.size == 128
+    assert cfg.preprocess.equalization == "global"
+    assert cfg.svm.C == (1, 2)
+    assert cfg.segmenter.epochs == 3
+    assert to_dict(cfg)["svm"]["C"] == [1, 2]
+
+
+def test_unknown_key_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preprocess:\n  sise: 128\n")
+    with pytest.raises(ConfigError, match="sise"):
+        load_config(path)
+
+
+def test_config_is_frozen():
+    cfg = LungdrConfig()
+    with pytest.raises(Exception):
+        cfg.preprocess.size = 3

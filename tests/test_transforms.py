@@ -1,0 +1,151 @@
+"""Preprocessing on real sample images and small hand-built arrays."""
+
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from lungdr.config import PreprocessConfig
+from lungdr.errors import ConfigError, UnsupportedFormatError
+from lungdr.transforms import (
+    Letterboxd, LetterboxInfo, Preprocess, Preprocessd, Unletterboxd, clahe, equalize_hist, letterbox,
+    normalize, to_gray, unletterbox, unletterbox_mask,
+)
+
+
+def _first_sample(sample_dir, label="1"):
+    rows = list(csv.DictReader(open(sample_dir / "labels.csv")))
+    rid = next(r["id"] for r in rows if r["label"] == label)
+    img = cv2.imread(str(sample_dir / "images" / f"{rid}.png"), cv2.IMREAD_GRAYSCALE)
+    mask = (cv2.imread(str(sample_dir / "masks" / f"{rid}.png"), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
+    return img, mask
+
+
+def _dice(a, b):
+    a, b = a.astype(bool), b.astype(bool)
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_to_gray_dtypes_and_channels():
+    u8 = np.array([[0, 255]], np.uint8)
+    assert to_gray(u8).tolist() == [[0.0, 1.0]]
+    assert to_gray(np.array([[0, 65535]], np.uint16)).tolist() == [[0.0, 1.0]]
+    assert to_gray(np.array([[-1000.0, 1000.0]])).tolist() == [[0.0, 1.0]]  # out-of-range float: min-max
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 1] = 255  # pure green, opaque
+    rgba[..., 3] = 255
+    assert np.allclose(to_gray(rgba), 0.587, atol=1e-6)
+    assert to_gray(np.full((4, 4), 0.3, np.float64)).dtype == np.float32
+    for bad in (np.zeros(5), np.zeros((0, 4)), np.zeros((2, 2, 5))):
+        with pytest.raises(UnsupportedFormatError):
+            to_gray(bad)
+    with pytest.raises(UnsupportedFormatError):
+        to_gray(np.array([[np.nan, 1.0]]))
+
+
+def test_equalize_hist_flat_cdf_and_monotonic(sample_dir):
+    img = to_gray(_first_sample(sample_dir)[0])
+    out = equalize_hist(img)
+    assert out.dtype == np.float32 and out.shape == img.shape and 0 <= out.min() and out.max() <= 1
+    # flat histogram: the empirical CDF of the output is close to the identity
+    q = np.linspace(0.1, 0.9, 17)  # (below ~0.08 sits one atom: the black border pixels)
+    assert np.abs(np.quantile(out, q) - q).max() < 0.03
+    assert np.abs(np.quantile(img, q) - q).max() > 0.05  # the input was not flat already
+    # monotonic: brighter input never maps darker
+    order = np.argsort(img, axis=None, kind="stable")
+    assert (np.diff(out.ravel()[order]) >= -1e-7).all()
+
+
+def test_equalize_hist_uses_mask_cdf(sample_dir):
+    img, mask = _first_sample(sample_dir)
+    out = equalize_hist(img, mask=mask)
+    assert np.abs(np.quantile(out[mask > 0], [0.25, 0.5, 0.75]) - [0.25, 0.5, 0.75]).max() < 0.03
+    assert not np.allclose(out, equalize_hist(img))
+    assert np.array_equal(equalize_hist(img, np.zeros_like(mask)), equalize_hist(img))  # empty mask: whole image
+    with pytest.raises(ConfigError):
+        equalize_hist(img, mask[:-1])
+
+
+def test_clahe_raises_local_contrast(sample_dir):
+    img = to_gray(_first_sample(sample_dir)[0])
+    out = clahe(img, clip=2.0, tiles=8)
+    assert out.shape == img.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    lap = lambda a: np.abs(cv2.Laplacian(a, cv2.CV_32F)).mean()  # noqa: E731
+    assert lap(out) > 1.1 * lap(img)
+    assert lap(clahe(img, clip=4.0)) > lap(clahe(img, clip=1.0))
+    with pytest.raises(ConfigError):
+        clahe(img, clip=0)
+
+
+@pytest.mark.parametrize("shape", [(300, 120), (120, 300), (97, 131), (64, 64), (1, 50)])
+def test_letterbox_round_trip_shapes(shape):
+    rng = np.random.default_rng(0)
+    img = rng.random(shape, dtype=np.float32)
+    out, info = letterbox(img, 64)
+    assert out.shape == (64, 64) and out.dtype == np.float32
+    assert max(info.new_h, info.new_w) == 64 and info.orig_shape == shape
+    assert abs(info.new_h / info.new_w - shape[0] / shape[1]) < 0.05 * shape[0] / shape[1] + 2 / 64
+    rows, cols = info.content
+    pad = np.ones_like(out, bool)
+    pad[rows, cols] = False
+    assert (out[pad] == 0).all()
+    assert unletterbox(out, info, "linear").shape == shape
+    assert LetterboxInfo.from_dict(info.to_dict()) == info
+
+
+def test_mask_round_trip_keeps_dice(sample_dir):
+    _, mask = _first_sample(sample_dir)
+    for size in (128, 192):
+        boxed, info = letterbox(mask, size, "nearest")
+        assert set(np.unique(boxed)) <= {0, 1}
+        assert _dice(unletterbox(boxed, info, "nearest"), mask) > 0.97
+        prob, _ = letterbox(mask.astype(np.float32), size, "area")
+        assert _dice(unletterbox_mask(prob, info), mask) > 0.97
+
+
+def test_letterbox_bad_args():
+    with pytest.raises(ConfigError):
+        letterbox(np.zeros((4, 4)), 0)
+    with pytest.raises(ConfigError):
+        letterbox(np.zeros((4, 4)), 8, "bogus")
+    with pytest.raises(ConfigError):
+        LetterboxInfo.from_dict({"scale": 1})
+    with pytest.raises(ConfigError):
+        normalize(np.zeros((2, 2)), 0.5, 0.0)
+
+
+@pytest.mark.parametrize("eq", ["global", "clahe", "none"])
+def test_preprocess_contract(sample_dir, eq):
+    img, mask = _first_sample(sample_dir)
+    pre = Preprocess(PreprocessConfig(size=128, equalization=eq))
+    out, info = pre(img)
+    assert out.shape == (128, 128) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    rows, cols = info.content
+    pad = np.ones_like(out, bool)
+    pad[rows, cols] = False
+    assert pad.any() and (out[pad] == 0).all()  # the padding stays black
+    if eq == "global":  # CDF from the content only: the content itself comes out flat
+        q = np.array([0.25, 0.5, 0.75])
+        assert np.abs(np.quantile(out[rows, cols], q) - q).max() < 0.03
+    boxed_mask = pre.mask(mask, info)
+    assert boxed_mask.shape == (128, 128) and boxed_mask.dtype == np.uint8
+    with pytest.raises(ConfigError):
+        Preprocess(PreprocessConfig(equalization="bogus"))
+
+
+def test_dict_wrappers(sample_dir):
+    img, mask = _first_sample(sample_dir)
+    sample = {"image": img, "mask": mask, "id": "x"}
+    boxed = Letterboxd(["image", "mask"], 96, ("area", "nearest"))(sample)
+    assert boxed["image"].shape == boxed["mask"].shape == (96, 96) and boxed["id"] == "x"
+    assert sample["image"] is img  # input untouched
+    back = Unletterboxd("mask")(boxed)
+    assert back["mask"].shape == mask.shape and _dice(back["mask"], mask) > 0.95
+    pre = Preprocessd(PreprocessConfig(size=96))(sample)
+    assert pre["image"].dtype == np.float32 and pre["mask"].shape == (96, 96)
+    assert LetterboxInfo.from_dict(pre["letterbox"]).orig_shape == img.shape
+    with pytest.raises(ConfigError):
+        Letterboxd(["image", "mask"], 96)({"image": img, "mask": mask[:-2]})
