@@ -64,6 +64,9 @@ def stored_pixels(ds) -> np.ndarray:
         raise MultiFrameError(f"multi-frame DICOM ({frames} frames); lungdr reads single images")
     try:
         arr = ds.pixel_array
+    except NotImplementedError as exc:  # no installed plugin decodes this transfer syntax
+        syntax = ds.file_meta.TransferSyntaxUID
+        raise UnsupportedFormatError(f"no decoder for DICOM transfer syntax {syntax.name!r}") from exc
     except Exception as exc:
         raise DecodeError(f"DICOM pixel data could not be decoded ({type(exc).__name__})") from exc
     if arr.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) == 1:

@@ -220,25 +220,39 @@ class ClassifyStage:
         images, masks = batch["image"], batch["mask"]
         results = _isolated(lambda ix: self._score(images[ix], masks[ix]), idx, errors)
         rows, version = unstack_batch({k: batch[k] for k in ("id", "uri", "label", "letterbox")}), self.predictor.model_version
-        mask_uris = {i: self._write_mask(rows[i], masks[i], errors, i) for i in results} if self.masks_uri else {}
+        mask_uris = {}
+        for i, result in results.items():
+            info = add_lung_fraction(result, masks[i], rows[i]["letterbox"])
+            if self.masks_uri:
+                mask_uris[i] = self._write_mask(rows[i]["id"], masks[i], info, errors, i)
         out = [result_row(r, results.get(i), version, errors[i], mask_uris.get(i)) for i, r in enumerate(rows)]
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
-    def _write_mask(self, row: dict, mask: np.ndarray, errors: np.ndarray, i: int) -> str | None:
-        """Write the mask PNG; a failure keeps the scores and puts the reason in the row's ``error``."""
+    def _write_mask(self, ident: str, mask: np.ndarray, info, errors: np.ndarray, i: int) -> str | None:
+        """Write the mask PNG (0/255) at the input's own size, as Serve returns it; a failure keeps the scores
+        and puts the reason in the row's ``error``."""
         import cv2
 
-        from lungdr.transforms import LetterboxInfo, unletterbox_mask
+        from lungdr.transforms import unletterbox
 
-        uri = join_uri(self.masks_uri, f"{row['id']}.png")
+        uri = join_uri(self.masks_uri, f"{ident}.png")
         try:
-            full = unletterbox_mask(mask, LetterboxInfo.from_dict(json.loads(row["letterbox"])))
-            ok, png = cv2.imencode(".png", full * 255)
+            ok, png = cv2.imencode(".png", unletterbox(mask, info, "nearest").astype(np.uint8) * 255)
             write_bytes(uri, png.tobytes())
             return uri
         except Exception as exc:  # noqa: BLE001
             errors[i] = reason_of(exc)
             return None
+
+
+def add_lung_fraction(result: dict, mask: np.ndarray, letterbox_json: str):
+    """Set ``result["lung_area_fraction"]`` (lung share of the letterbox's image region, as the Predictor
+    reports it); returns the parsed LetterboxInfo."""
+    from lungdr.transforms import LetterboxInfo
+
+    info = LetterboxInfo.from_dict(json.loads(letterbox_json))
+    result["lung_area_fraction"] = round(float(mask[info.content].mean()), 6)
+    return info
 
 
 # ----------------------------------------------------------------------------- the job

@@ -32,7 +32,7 @@ from lungdr.config import ServeConfig, from_dict, load_config, to_dict
 from lungdr.errors import ConfigError
 from lungdr.io import decode
 from lungdr.scale.serve_api import ApiError, make_api
-from lungdr.transforms import unletterbox_mask
+from lungdr.transforms import unletterbox
 
 log = logging.getLogger("lungdr.serve")
 
@@ -106,13 +106,13 @@ class SegmenterServer(BatchedStage):
 
 
 class ClassifierServer(BatchedStage):
-    """``(image, mask)`` → ``{"p": P(abnormal), "ood": distance}`` from one classifier of the ensemble."""
+    """``(image, mask)`` → ``{"p": P(abnormal), "embed": (D,) embedding for the OOD guard}`` from one classifier."""
 
     model = ""
 
     def run(self, images: np.ndarray, masks: np.ndarray) -> list:
         out = self.predictor.classify(images, masks, models=[self.model])[self.model]
-        return [{"p": float(out["p"][i]), "ood": float(out["ood"][i])} for i in range(len(images))]
+        return [{"p": float(out["p"][i]), "embed": out["embed"][i]} for i in range(len(images))]
 
 
 class SVMServer(ClassifierServer):
@@ -172,12 +172,14 @@ class IngressServer:
         image, info = await asyncio.to_thread(self.predictor.preprocess, decoded.image)
         mask = await self._call(self.segmenter, image)
         scores = await asyncio.gather(*(self._call(h, image, mask) for h in self.classifiers.values()))
-        classified = {name: {"p": np.array([s["p"]]), "ood": np.array([s["ood"]])}
+        classified = {name: {"p": np.array([s["p"]]), "embed": np.asarray(s["embed"])[None]}
                       for name, s in zip(self.classifiers, scores)}
         result = (await asyncio.to_thread(self.predictor.decide, image[None], mask[None], classified))[0]
+        rows, cols = info.content
+        result["lung_area_fraction"] = round(float(mask[rows, cols].mean()), 6)  # as Predictor.predict_images
         out = plain({k: result.get(k) for k in RESULT_KEYS})
         if want_mask:
-            out["mask"] = mask_png_base64(unletterbox_mask(mask, info))
+            out["mask"] = mask_png_base64(unletterbox(mask, info, "nearest"))
         log.info("predict %s %dx%d in %.1f ms", decoded.meta.source_format, *decoded.image.shape,
                  1000 * (time.perf_counter() - start))
         return out

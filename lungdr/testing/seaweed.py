@@ -148,7 +148,7 @@ class SeaweedServer:
             pass
         return f"s3://{name}"
 
-    def stop(self, grace_s: float = 5.0) -> None:
+    def stop(self, grace_s: float = 3.0) -> None:
         """SIGTERM the server (its own process group), SIGKILL after ``grace_s``, remove its data folder."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:

@@ -197,3 +197,19 @@ def test_shared_ct_slice(shared_data):
     out = decode(data, "CT_small.dcm")
     assert out.meta.modality == "CT" and out.meta.shape == (128, 128) and out.meta.pixel_spacing_mm is not None
     assert 0.0 <= out.image.min() < out.image.max() <= 1.0
+
+
+def test_codec_without_decoder_is_unsupported():
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML
+
+    from lungdr.errors import UnsupportedFormatError
+
+    ds = read_dataset(make_dicom(RAMP8))
+    ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(60)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = MPEG2MPML
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(UnsupportedFormatError, match="no decoder"):
+        decode(buf.getvalue(), "video.dcm")

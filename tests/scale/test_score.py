@@ -173,7 +173,7 @@ def test_score_folder_one_row_per_input_masks_and_no_phi(ray_session, bundle, tm
         assert mask.shape == decode(archive_files()[src], src).image.shape
         assert set(np.unique(mask)) <= {0.0, 1.0}
 
-    blob = " ".join(df.astype(str).to_numpy().ravel()) + " ".join(str(p) for p in out.rglob("*"))
+    blob = " ".join(map(str, df.to_numpy().ravel())) + " ".join(str(p) for p in out.rglob("*"))
     for value in PHI:
         assert value not in blob
         for f in out.rglob("*"):
