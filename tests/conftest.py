@@ -58,3 +58,11 @@ def s3_server():
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(tmp_path_factory) -> str:
+    """A real tiny bundle (U-Net + three classifiers + fusion + OOD) trained once per session on phantoms."""
+    from lungdr.testing.bundles import tiny_bundle
+
+    return tiny_bundle(tmp_path_factory.mktemp("tiny-bundle") / "bundle")

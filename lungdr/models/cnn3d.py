@@ -6,7 +6,8 @@ One network serves two inputs:
 * CT volumes: HU -> lung window (W 1500, L -600) -> [0, 1], resampled to ``CNN3DConfig.ct_shape``.
   ``fit_ct`` pre-trains on them. In this project the labelled CT data are synthetic phantoms
   (``lungdr.synthetic.write_ct_corpus``, nodules = abnormal); the one real series is unlabelled.
-* DR images lifted to a ``depth``-frame pseudo-volume by ``lift_to_volume`` (scale space, see there).
+* DR images, exposure-normalised by ``lung_referenced``, lifted to a ``depth``-frame pseudo-volume by
+  ``lift_to_volume`` (scale space, see there).
 
 Deviation from the paper, so both inputs fit one network: an adaptive max-pool to ``POOLED`` (z, y, x) sits
 between the second pool and the FC layer (it also keeps FC 1024 at 2 M weights instead of tens of millions).
@@ -21,7 +22,7 @@ from torch import nn
 
 from lungdr.config import CNN3DConfig
 from lungdr.models.base import check_labels
-from lungdr.models.torchnet import TorchClassifier
+from lungdr.models.torchnet import TorchClassifier, lung_referenced
 
 POOLED = (2, 4, 4)
 LUNG_WINDOW = (-1350.0, 150.0)  # HU range of the W 1500 / L -600 lung window
@@ -89,7 +90,7 @@ class CNN3D(TorchClassifier):
         return build_model(self.cfg)
 
     def inputs(self, images, masks) -> np.ndarray:
-        vols = [lift_to_volume(i, m, self.cfg.depth, self.cfg.size) for i, m in zip(images, masks)]
+        vols = [lift_to_volume(lung_referenced(i, m), m, self.cfg.depth, self.cfg.size) for i, m in zip(images, masks)]
         return np.stack(vols)[:, None] if vols else np.zeros((0, 1, self.cfg.depth, self.cfg.size, self.cfg.size))
 
     def ct_inputs(self, volumes_hu) -> np.ndarray:

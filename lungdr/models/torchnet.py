@@ -22,6 +22,16 @@ from lungdr.models.base import (
 from lungdr.errors import BundleError
 
 AUX_WEIGHT = 0.4  # Inception's auxiliary-head loss weight
+LUNG_REFERENCE = 0.25  # where the lung field's median intensity is placed by ``lung_referenced``
+
+
+def lung_referenced(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Exposure normalisation for the networks: shift the image so the lung field's median sits at
+    LUNG_REFERENCE, clip to [0, 1]. Opacities are then 'brighter than this patient's own lungs' whatever the
+    scanner, window or exposure (on the phantoms, lung-relative contrast separates the classes, raw level does not)."""
+    inside = np.asarray(image, np.float32)[np.asarray(mask) > 0]
+    median = float(np.median(inside)) if inside.size else float(np.median(image))
+    return np.clip(np.asarray(image, np.float32) - median + LUNG_REFERENCE, 0.0, 1.0)
 
 
 def seed_everything(seed: int) -> None:
@@ -40,8 +50,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def set_train_mode(model: nn.Module) -> None:
-    """``train()`` but frozen BatchNorm layers keep their running statistics (eval mode)."""
+    """``train()``; frozen BatchNorm layers keep their running statistics (eval mode) unless the network says
+    ``freeze_bn_stats = False`` (random-init frozen blocks still need their statistics estimated)."""
     model.train()
+    if not getattr(_unwrap(model), "freeze_bn_stats", True):
+        return
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
             m.eval()

@@ -6,7 +6,8 @@
 * Blocks: the Inception stages in order (Conv2d_1a ... Mixed_6e, AuxLogits, Mixed_7a ... Mixed_7c; 17 with the
   auxiliary head, 16 without). A block trains iff it is not among the first ``freeze_first`` and is among the
   last ``finetune_last``; the new ``fc`` (and auxiliary ``fc``) always train. Frozen BatchNorms keep their stats.
-* Input: ``(N, 1, S, S)`` in [0, 1] at ``input_size``, the lung field emphasised (outside-lung pixels kept at
+* Input: ``(N, 1, S, S)`` in [0, 1] at ``input_size``, exposure-normalised by ``lung_referenced``, the lung
+  field emphasised (outside-lung pixels kept at
   ``OUTSIDE_WEIGHT``); the network repeats the channel three times and applies ImageNet normalisation itself.
   The auxiliary head exists only at ``input_size >= 299`` (torchvision's minimum for it).
 """
@@ -24,7 +25,7 @@ from torchvision.models import Inception_V3_Weights, inception_v3
 from lungdr.config import AugmentConfig, TransferConfig
 from lungdr.errors import ConfigError, LungdrError
 from lungdr.models.base import WeightsUnavailableError
-from lungdr.models.torchnet import TorchClassifier, load_state
+from lungdr.models.torchnet import TorchClassifier, load_state, lung_referenced
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,9 +37,10 @@ AUX_MIN_INPUT = 299
 class InceptionNet(nn.Module):
     """Grayscale [0, 1] -> 3 channels -> ImageNet normalisation -> torchvision Inception-v3."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, pretrained: bool = True):
         super().__init__()
         self.backbone = backbone
+        self.freeze_bn_stats = pretrained  # random-init frozen blocks still estimate their BN statistics
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -108,7 +110,7 @@ def build_model(cfg: TransferConfig, state: dict | None = None) -> InceptionNet:
     if aux:
         for p in backbone.AuxLogits.fc.parameters():
             p.requires_grad = True
-    return InceptionNet(backbone)
+    return InceptionNet(backbone, pretrained=state is not None)
 
 
 def transfer_inputs(images, masks, size: int) -> np.ndarray:
@@ -116,7 +118,7 @@ def transfer_inputs(images, masks, size: int) -> np.ndarray:
     out = np.empty((len(images), 1, size, size), np.float32)
     for k, (img, m) in enumerate(zip(images, masks)):
         weight = OUTSIDE_WEIGHT + (1 - OUTSIDE_WEIGHT) * cv2.GaussianBlur(m.astype(np.float32), (0, 0), 2.0)
-        x = np.asarray(img, np.float32) * weight
+        x = lung_referenced(img, m) * weight
         out[k, 0] = cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA if x.shape[0] > size else cv2.INTER_LINEAR)
     return out
 

@@ -42,6 +42,7 @@ def ingest(
     num_cpus: float = 0.5,
     items=None,
     concurrency: int | None = None,
+    **ray_remote_args,
 ) -> ray.data.Dataset:
     """Corpus URI → Dataset of ``{id, uri, label, patient, image, mask, letterbox, meta, error, node}``."""
     cfg = cfg or PreprocessConfig()
@@ -53,6 +54,7 @@ def ingest(
         batch_format="numpy",
         num_cpus=num_cpus,
         concurrency=concurrency,  # max concurrent tasks; None = Ray Data decides
+        **ray_remote_args,  # e.g. runtime_env
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -179,7 +180,8 @@ def _isolated(fn, idx: np.ndarray, errors: np.ndarray) -> dict:
 
 
 def _ok_rows(batch: dict) -> tuple[np.ndarray, np.ndarray]:
-    errors = np.array([e if e else None for e in batch["error"]], dtype=object)
+    # An all-None column can arrive as float NaN from Arrow: only a non-empty string is an error.
+    errors = np.array([e if isinstance(e, str) and e else None for e in batch["error"]], dtype=object)
     return np.flatnonzero([e is None for e in errors]), errors
 
 
@@ -274,6 +276,16 @@ def bundle_info(bundle: str) -> tuple[str, PreprocessConfig]:
     return manifest["model_version"], from_dict(PreprocessConfig, manifest.get("preprocess") or {})
 
 
+STORAGE_ENV = ("LUNGDR_S3_ENDPOINT", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+def storage_env() -> dict:
+    """The driver's object-store settings, handed to the pipeline's workers so they read and write the same
+    store as the driver (workers started before these were set, e.g. a long-lived cluster, would not see them)."""
+    return {k: os.environ[k] for k in STORAGE_ENV if os.environ.get(k)}
+
+
 def build_dataset(rows: list[dict], bundle: str, cfg: ScoreConfig, pre_cfg: PreprocessConfig,
                   masks_uri: str | None = None, num_gpus: float = 0.0):
     """The lazy Ray Dataset: ingest tasks → segment actors → classify actors → rows of ``OUTPUT_SCHEMA``."""
@@ -282,11 +294,12 @@ def build_dataset(rows: list[dict], bundle: str, cfg: ScoreConfig, pre_cfg: Prep
     from lungdr.scale.data import ingest
 
     device = "cuda" if num_gpus > 0 else "cpu"
-    actor_args = {"batch_size": cfg.batch_size, "batch_format": "numpy", "num_cpus": cfg.cpus_per_actor,
+    env = {"runtime_env": {"env_vars": storage_env()}} if storage_env() else {}
+    actor_args = {**env, "batch_size": cfg.batch_size, "batch_format": "numpy", "num_cpus": cfg.cpus_per_actor,
                   "num_gpus": num_gpus or None, "max_restarts": cfg.max_restarts,
                   "max_task_retries": cfg.max_restarts}
     ds = ingest("", cfg=pre_cfg, items=rows, batch_size=cfg.batch_size, num_cpus=cfg.decode_cpus,
-                concurrency=cfg.decode_concurrency or None)
+                concurrency=cfg.decode_concurrency or None, **env)
     ds = ds.map_batches(SegmentStage, fn_constructor_kwargs={"bundle": bundle, "device": device},
                         compute=ray.data.ActorPoolStrategy(size=cfg.segment_actors), **actor_args)
     return ds.map_batches(ClassifyStage, fn_constructor_kwargs={"bundle": bundle, "device": device,

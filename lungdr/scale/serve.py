@@ -299,14 +299,15 @@ def build_app(args: dict):
     return ingress.bind(*models, bundle_uri=bundle_uri, settings=to_dict(cfg))
 
 
-def start(args: dict, host: str | None = None, port: int | None = None, name: str = "lungdr") -> str:
-    """Start Serve's HTTP proxy on ``host:port`` (Ray must be up), deploy the app at ``/`` and wait until it
-    runs; returns the base URL."""
+def start(args: dict, host: str | None = None, port: int | None = None, name: str = "lungdr",
+          route_prefix: str = "/") -> str:
+    """Start Serve's HTTP proxy on ``host:port`` (Ray must be up; a running proxy is kept), deploy the app at
+    ``route_prefix`` and wait until it runs; returns the app's base URL."""
     _, cfg = app_settings(args)
     host, port = host or cfg.host, int(port or cfg.port)
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(args), name=name, route_prefix="/", blocking=False)
-    return f"http://{host}:{port}"
+    serve.run(build_app(args), name=name, route_prefix=route_prefix, blocking=False)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
 def serve_forever(args: dict, host: str | None = None, port: int | None = None, address: str | None = None) -> None:

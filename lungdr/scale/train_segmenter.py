@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import time
+import uuid
 from datetime import datetime, timezone
 
 import numpy as np
@@ -45,13 +46,14 @@ def _load_state(config: dict) -> dict | None:
 
 
 def _gather_metrics(metrics: dict) -> dict:
-    """Combine per-worker ``evaluate`` results (per-image scores) into global ones."""
+    """Combine the workers' ``evaluate`` results (per-image scores; None from a worker that did not evaluate)."""
     import torch.distributed as dist
 
     parts = [metrics]
     if dist.is_available() and dist.is_initialized():
         parts = [None] * dist.get_world_size()
         dist.all_gather_object(parts, metrics)
+    parts = [p for p in parts if p is not None]
     dice = np.concatenate([p["scores"]["dice"] for p in parts]) if parts else np.zeros(0)
     iou = np.concatenate([p["scores"]["iou"] for p in parts])
     n = len(dice)
@@ -96,15 +98,18 @@ def train_loop_per_worker(config: dict) -> None:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
     augment = PairedAugment(from_dict(AugmentConfig, config["augment"])) if config.get("augment") else None
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         loss = train_one_epoch(model, optimizer, _numpy_batches(train_shard, cfg.batch_size, augment, rng,
                                                                 config.get("shuffle_buffer")), device)
-        # The unwrapped module: DDP's forward is a collective, and shards may differ by a batch.
-        local = evaluate(core, _numpy_batches(val_shard, cfg.batch_size), device, cfg.threshold, scores=True)
-        metrics = {"epoch": epoch, "train_loss": loss, **_gather_metrics(local),
+        # Rank 0 validates on the whole (unsplit) val set, with the unwrapped module (DDP's forward is a collective);
+        # an equal split across workers could drop up to world_size - 1 validation images.
+        local = evaluate(core, _numpy_batches(val_shard, cfg.batch_size), device, cfg.threshold, scores=True) \
+            if rank == 0 else None
+        metrics = {"epoch": epoch, "attempt": config.get("attempt", ""), "train_loss": loss, **_gather_metrics(local),
                    "seconds": round(time.perf_counter() - t0, 2)}
         if metrics["val_n"] == 0 or metrics["val_dice"] > best:
             best = metrics["val_dice"]
@@ -144,34 +149,15 @@ def latest_run(storage: str | None, name: str) -> str | None:
     return None
 
 
-def training_items(data: str, cfg: SegmenterConfig, pseudo_labels: str | None = None) -> tuple[list, list, dict]:
-    """``(train, val, description)``: human-masked items split by patient, plus accepted pseudo-masks (training
-    side only, never for a validation patient). Without a ``pseudo_labels`` table one is made first from the
-    corpus images that have no mask."""
-    from lungdr.io import load_corpus
-    from lungdr.segmentation.autolabel import has_pseudo_labels, make_pseudo_labels, pseudo_items
-    from lungdr.segmentation.training import split_items
-
-    items = load_corpus(data)
-    train, val = split_items(items, cfg)
-    pseudo: list = []
-    if pseudo_labels:
-        if not has_pseudo_labels(pseudo_labels):
-            make_pseudo_labels([i for i in items if not i.mask_uri], pseudo_labels)
-        val_patients = {i.patient for i in val}
-        pseudo = [p for p in pseudo_items(pseudo_labels, cfg.pseudo_label_min_quality) if p["patient"] not in val_patients]
-    desc = {"source": data, "human_masks_train": len(train), "human_masks_val": len(val), "pseudo_masks_train": len(pseudo),
-            "pseudo_label_min_quality": cfg.pseudo_label_min_quality if pseudo_labels else None,
-            "split": f"patient-disjoint, val_fraction {cfg.val_fraction}, seed {cfg.seed}",
-            "patients_train": len({i.patient for i in train}), "patients_val": len({i.patient for i in val})}
-    return list(train) + pseudo, list(val), desc
-
-
 def _mask_rows(uri: str, items: list, pre: PreprocessConfig):
     from lungdr.scale.data import ingest
 
     ds = ingest(uri, cfg=pre, masks=True, items=items)
-    return ds.filter(lambda r: not r["error"]).select_columns(["image", "mask"])
+    return ds.filter(_no_error).select_columns(["image", "mask"])
+
+
+def _no_error(row: dict) -> bool:
+    return not row["error"]
 
 
 def train_segmenter(
@@ -190,12 +176,12 @@ def train_segmenter(
     pseudo_labels: str | None = None,
 ) -> dict:
     """Train on ``data`` (folder or s3:// corpus with masks) and write the segmenter bundle to ``out``.
-    Returns ``{"bundle", "model_version", "metrics", "history", "run", "storage"}``."""
+    Returns ``{"bundle", "model_version", "metrics", "history", "run", "storage", "checkpoint", "epochs_run"}``."""
     from ray.train.torch import TorchTrainer
 
     from lungdr.scale.storage import filesystem_for
     from lungdr.segmentation.segmenter import Segmenter
-    from lungdr.segmentation.training import write_segmenter_bundle
+    from lungdr.segmentation.training import best_metrics, training_items, write_segmenter_bundle
     from lungdr.segmentation.unet import UNet
 
     cfg = cfg or SegmenterConfig()
@@ -211,14 +197,16 @@ def train_segmenter(
     run = run or f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     path, fs = filesystem_for(storage) if storage else (None, None)
     resources = {"GPU": 1} if use_gpu else {"CPU": cpus_per_worker}
+    attempt = uuid.uuid4().hex[:8]  # tells this call's epochs from resumed ones in the history
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"segmenter": to_dict(cfg), "augment": to_dict(augment) if augment else None,
+        train_loop_config={"segmenter": to_dict(cfg), "augment": to_dict(augment) if augment else None, "attempt": attempt,
                            "resume_from": resume_from, "shuffle_buffer": max(2 * cfg.batch_size, 16)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run, storage_path=path, storage_filesystem=fs,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": _mask_rows(data, train_items, pre), "val": _mask_rows(data, val_items, pre)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     if result.error:
@@ -231,11 +219,10 @@ def train_segmenter(
     model.load_state_dict(state["best_model"] or state["model"])
     seg = Segmenter(model, cfg, pre, device="cpu")
     history = state["history"]
-    best = max(history, key=lambda h: -1 if np.isnan(h["val_dice"]) else h["val_dice"])
-    metrics = {k: best[k] for k in ("val_dice", "val_dice_median", "val_iou", "val_loss", "val_n")}
-    metrics.update(best_epoch=best["epoch"], epochs=state["epoch"], workers=workers, use_gpu=bool(use_gpu))
+    metrics = best_metrics(history, workers=workers, use_gpu=bool(use_gpu))
     write_segmenter_bundle(out, seg, metrics, desc)
     from lungdr.bundle import open_bundle
 
     return {"bundle": out, "model_version": open_bundle(out).model_version, "metrics": metrics,
-            "history": json.loads(json.dumps(history, default=float)), "run": run, "storage": storage}
+            "history": json.loads(json.dumps(history, default=float)), "run": run, "storage": storage,
+            "checkpoint": result.checkpoint.path, "epochs_run": [h["epoch"] for h in history if h["attempt"] == attempt]}

@@ -33,6 +33,28 @@ def split_items(items: list, cfg: SegmenterConfig) -> tuple[list, list]:
     return patient_split(labelled, cfg.val_fraction, cfg.seed)
 
 
+def training_items(data: str, cfg: SegmenterConfig, pseudo_labels: str | None = None) -> tuple[list, list, dict]:
+    """``(train, val, description)``: human-masked items split by patient, plus accepted pseudo-masks (training
+    side only, never for a validation patient). Without a ``pseudo_labels`` table one is made first from the
+    corpus images that have no mask."""
+    from lungdr.io import load_corpus
+    from lungdr.segmentation.autolabel import has_pseudo_labels, make_pseudo_labels, pseudo_items
+
+    items = load_corpus(data)
+    train, val = split_items(items, cfg)
+    pseudo: list = []
+    if pseudo_labels:
+        if not has_pseudo_labels(pseudo_labels):
+            make_pseudo_labels([i for i in items if not i.mask_uri], pseudo_labels)
+        val_patients = {i.patient for i in val}
+        pseudo = [p for p in pseudo_items(pseudo_labels, cfg.pseudo_label_min_quality) if p["patient"] not in val_patients]
+    desc = {"source": data, "human_masks_train": len(train), "human_masks_val": len(val), "pseudo_masks_train": len(pseudo),
+            "pseudo_label_min_quality": cfg.pseudo_label_min_quality if pseudo_labels else None,
+            "split": f"patient-disjoint, val_fraction {cfg.val_fraction}, seed {cfg.seed}",
+            "patients_train": len({i.patient for i in train}), "patients_val": len({i.patient for i in val})}
+    return list(train) + pseudo, list(val), desc
+
+
 def load_arrays(items: Iterable, pre: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Read, decode and letterbox images and masks (``rows.Ingest``); returns ``(images, masks, errors)`` where
     unreadable items are left out and reported in ``errors`` as ``"<id>: <reason>"``."""
@@ -165,6 +187,30 @@ def fit_local(
         model.load_state_dict(best_state)
     model.eval()
     return seg, history
+
+
+def best_metrics(history: list[dict], **extra) -> dict:
+    """Validation metrics of the best epoch (by mean Dice) plus ``best_epoch``, ``epochs`` and ``extra``."""
+    if not history:
+        raise EmptyInputError("no training epochs were run")
+    best = max(history, key=lambda h: -1.0 if np.isnan(h["val_dice"]) else h["val_dice"])
+    out = {k: best[k] for k in ("val_dice", "val_dice_median", "val_iou", "val_loss", "val_n")}
+    out.update(best_epoch=best["epoch"], epochs=history[-1]["epoch"], **extra)
+    return out
+
+
+def train_local(data: str, out: str, cfg: SegmenterConfig, pre: PreprocessConfig | None = None,
+                augment_cfg: AugmentConfig | None = AugmentConfig(), pseudo_labels: str | None = None,
+                device: str | None = None, log: Callable[[dict], None] | None = None) -> dict:
+    """Single-process training on ``data`` (no Ray) that writes the same bundle as the Ray Train path."""
+    pre = pre or PreprocessConfig(size=cfg.size)
+    train, val, desc = training_items(data, cfg, pseudo_labels)
+    tr, va = load_arrays(train, pre), load_arrays(val, pre)
+    desc["unreadable"] = len(tr[2]) + len(va[2])
+    seg, history = fit_local(tr[:2], va[:2], cfg, pre, augment_cfg, device, log)
+    metrics = best_metrics(history, workers=1, device=str(seg.device))
+    write_segmenter_bundle(out, seg, metrics, desc)
+    return {"bundle": out, "metrics": metrics, "history": history}
 
 
 def model_card(cfg: SegmenterConfig, metrics: dict, training_data: dict, size_bytes: int, caveats: list[str]) -> str:

@@ -31,8 +31,8 @@ def tiny_classifiers(seed: int = 0) -> dict:
 
     return {
         "svm": GaborSVM(SVMConfig(feature_size=SIZE, cv_folds=3, C=(1.0, 10.0), seed=seed)),
-        "transfer": InceptionTransfer(TransferConfig(input_size=75, weights="none", epochs=2, batch_size=8,
-                                                     freeze_first=0, finetune_last=17, seed=seed)),
+        "transfer": InceptionTransfer(TransferConfig(input_size=75, weights="none", epochs=1, batch_size=8,
+                                                     freeze_first=14, finetune_last=3, seed=seed)),
         "cnn3d": CNN3D(CNN3DConfig(size=32, epochs=4, batch_size=8, seed=seed)),
     }
 
@@ -48,7 +48,7 @@ def tiny_bundle(out_dir: str | Path, seed: int = 0, n: int = 40) -> str:
     pre = Preprocess(pre_cfg)
     x = np.stack([pre(img)[0] for img in raw])
     n_train = int(n * 0.7)
-    seg_cfg = SegmenterConfig(size=SIZE, base=4, epochs=6, batch_size=8, seed=seed)
+    seg_cfg = SegmenterConfig(size=SIZE, base=8, epochs=8, batch_size=4, seed=seed)
     segmenter, history = fit_local((x[:n_train], truth[:n_train]), (x[n_train:], truth[n_train:]), seg_cfg, pre_cfg)
     masks = np.stack([segmenter.masks_from_probabilities(p) for p in segmenter.probabilities(x)])
     classifiers = tiny_classifiers(seed)

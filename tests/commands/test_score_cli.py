@@ -17,11 +17,9 @@ PHI = ("Doe^Jane", "MRN-99887766")
 N_PNG = 40
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from lungdr.testing.bundles import tiny_bundle
-
-    return str(tiny_bundle(tmp_path_factory.mktemp("bundle")))
+@pytest.fixture()
+def bundle(tiny_bundle_dir) -> str:
+    return str(tiny_bundle_dir)
 
 
 @pytest.fixture()

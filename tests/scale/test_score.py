@@ -67,11 +67,9 @@ def write_archive(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from lungdr.testing.bundles import tiny_bundle
-
-    return str(tiny_bundle(tmp_path_factory.mktemp("bundle")))
+@pytest.fixture()
+def bundle(tiny_bundle_dir) -> str:
+    return str(tiny_bundle_dir)
 
 
 def read_output(output: str) -> pd.DataFrame:

@@ -8,6 +8,7 @@ import os
 import secrets
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -202,7 +203,7 @@ def test_killed_model_replica_is_replaced_without_losing_requests(client, upload
     import ray
 
     (victim,) = _replicas("SVMDeployment")
-    payloads = [uploads[i % len(uploads)] for i in range(80)]
+    payloads = [uploads[i % len(uploads)] for i in range(48)]
     done: list = []
     loader = threading.Thread(target=lambda: done.extend(run_load(client, payloads, clients=8)))
     loader.start()
@@ -219,3 +220,28 @@ def test_killed_model_replica_is_replaced_without_losing_requests(client, upload
         time.sleep(0.5)
     after = run_load(client, payloads[:12], clients=4)
     assert [a.status for a in after] == [200] * 12
+
+
+def test_app_settings_from_cli_strings_yaml_and_errors(tmp_path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from lungdr.errors import ConfigError
+    from lungdr.scale.serve import app_settings, model_options, read_token
+
+    (tmp_path / "c.yaml").write_text("serve:\n  max_batch_size: 4\n  replicas: 2\n")
+    uri, cfg = app_settings({"bundle_uri": "s3://b/x", "config": str(tmp_path / "c.yaml"), "max_replicas": "5",
+                             "batch_wait_timeout_s": "0.02", "token_env": "None"})
+    assert (uri, cfg.max_batch_size, cfg.replicas, cfg.max_replicas, cfg.token_env) == ("s3://b/x", 4, 2, 5, None)
+    assert model_options(cfg)["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 5,
+                                                        "target_ongoing_requests": cfg.target_ongoing_requests}
+    for bad in ({}, {"bundle_uri": "b", "replicaz": 2}, {"bundle_uri": "b", "max_batch_size": "eight"},
+                {"bundle_uri": "b", "max_upload_mb": 0}):
+        with pytest.raises(ConfigError):
+            app_settings(bad)
+    with pytest.raises(ConfigError):
+        read_token("LUNGDR_TEST_UNSET_TOKEN_VARIABLE")
+    deploy = yaml.safe_load((Path(__file__).parents[2] / "ray_jobs" / "serve_config.yaml").read_text())
+    (app,) = ServeDeploySchema.model_validate(deploy).applications
+    assert app.import_path == "lungdr.scale.serve:build_app"
+    assert app_settings(app.args)[1].token_env == "LUNGDR_API_TOKEN"

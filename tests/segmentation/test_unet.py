@@ -57,7 +57,7 @@ def test_optimizers_and_a_few_steps_reduce_the_loss():
             loss.backward()
             opt.step()
             first = first if first is not None else float(loss.detach())
-        assert float(loss) < first, name
+        assert float(loss.detach()) < first, name
     assert make_optimizer(UNet(base=4), SegmenterConfig(optimizer="sgd")).defaults["momentum"] == 0.99
     with pytest.raises(ConfigError):
         make_optimizer(UNet(base=4), SegmenterConfig(optimizer="lbfgs"))

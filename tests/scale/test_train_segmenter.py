@@ -1,0 +1,44 @@
+"""Ray Train U-Net: 2 DDP workers on CPU, per-epoch checkpoints, resume continues where it stopped."""
+
+import pytest
+
+from lungdr.config import AugmentConfig, SegmenterConfig
+
+
+@pytest.fixture(scope="module")
+def phantom_corpus(tmp_path_factory):
+    from lungdr.synthetic import write_dr_corpus
+
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dr_corpus(str(root), 12, size=48, seed=0)
+    return str(root)
+
+
+def test_train_checkpoint_and_resume(ray_session, phantom_corpus, tmp_path):
+    from lungdr.bundle import open_bundle
+    from lungdr.scale.train_segmenter import latest_run, train_segmenter
+    from lungdr.segmentation.segmenter import Segmenter
+
+    cfg = SegmenterConfig(size=32, base=4, epochs=2, batch_size=4, val_fraction=0.25, lr=3e-3)
+    storage = str(tmp_path / "runs")
+    common = dict(augment=AugmentConfig(), workers=2, cpus_per_worker=0.5, storage=storage, name="seg-test")
+    first = train_segmenter(phantom_corpus, str(tmp_path / "b1"), cfg, **common)
+    assert first["epochs_run"] == [1, 2]
+    assert [h["epoch"] for h in first["history"]] == [1, 2]
+    assert first["metrics"]["val_n"] == 4 and 0.0 <= first["metrics"]["val_dice"] <= 1.0
+    assert latest_run(storage, "seg-test") == first["run"]
+
+    cfg3 = SegmenterConfig(**{**cfg.__dict__, "epochs": 3})
+    resumed = train_segmenter(phantom_corpus, str(tmp_path / "b2"), cfg3, resume=True, **common)
+    assert resumed["run"] == first["run"]
+    assert resumed["epochs_run"] == [3], "resume continues from epoch 2, not 0"
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+
+    explicit = train_segmenter(phantom_corpus, str(tmp_path / "b3"), cfg3, resume_from=first["checkpoint"], **common)
+    assert explicit["run"] != first["run"] and explicit["epochs_run"] == [3]
+
+    bundle = open_bundle(resumed["bundle"])
+    assert bundle.manifest["metrics"]["epochs"] == 3 and bundle.manifest["metrics"]["workers"] == 2
+    assert bundle.manifest["training_data"]["human_masks_val"] == 4
+    seg = Segmenter.from_bundle(resumed["bundle"])
+    assert seg.cfg.size == 32 and seg.predict(ray_session and __import__("numpy").zeros((40, 50), "float32")).shape == (40, 50)
