@@ -55,6 +55,7 @@ class SegmenterConfig:
     seed: int = 0
     threshold: float = 0.5
     pseudo_label_min_quality: float = 0.6
+    lr_schedule: str = "cosine"  # "cosine" (to ~0 over the epochs) | "constant"
 
 
 @dataclass(frozen=True)

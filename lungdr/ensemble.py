@@ -155,3 +155,26 @@ def tta_repredict(classifiers: dict, image: np.ndarray, mask: np.ndarray, rounds
         return {name: float(clf.predict_proba(images, masks)[:, 1].mean()) for name, clf in classifiers.items()}
 
     return run
+
+
+def decision_metrics(y_true, decisions: list[Decision]) -> dict:
+    """Fusion metrics: AUC / sensitivity / specificity on the weighted p_abnormal, accuracy over the cases the
+    vote decided (label not None), ``coverage`` = decided share, ``needs_review`` count (by reason)."""
+    from collections import Counter
+
+    from lungdr.metrics import classification_metrics
+
+    y = np.asarray(y_true).astype(int)
+    p = np.array([d.p_abnormal for d in decisions], np.float64)
+    decided = np.array([d.label is not None for d in decisions], bool)
+    out = classification_metrics(y, p)
+    if decided.any():
+        labels = np.array([d.label for d in decisions if d.label is not None])
+        sub = classification_metrics(y[decided], p[decided], y_pred=labels)
+        out.update({k: sub[k] for k in ("accuracy", "sensitivity", "specificity", "tp", "fp", "tn", "fn")})
+    else:
+        out.update(accuracy=None, sensitivity=None, specificity=None)
+    out["coverage"] = float(decided.mean()) if len(decided) else None
+    out["needs_review"] = int((~decided).sum())
+    out["review_reasons"] = dict(Counter(d.review_reason for d in decisions if d.needs_review))
+    return out

@@ -132,8 +132,7 @@ class Predictor:
         masks = self.segment(x)
         results = self.decide(x, masks, self.classify(x, masks))
         for k, (res, (_, info)) in enumerate(zip(results, prepared)):
-            rows, cols = info.content
-            res["lung_area_fraction"] = round(float(masks[k][rows, cols].mean()), 6)
+            res["lung_area_fraction"] = lung_area_fraction(masks[k], info)
             if ids is not None:
                 res["id"] = ids[k]
             if return_mask:
@@ -145,3 +144,8 @@ class Predictor:
         decoded = decode(data, name)
         return self.predict_images([decoded.image], [decoded.meta.id], return_mask)[0]
 
+
+
+def lung_area_fraction(mask: np.ndarray, info: LetterboxInfo) -> float:
+    """Lung share of the image region of a letterboxed N x N mask (padding excluded)."""
+    return round(float(mask[info.content].mean()), 6)

@@ -79,6 +79,7 @@ def _batch_stats(app: str) -> dict:
 
 
 def run(args) -> dict:
+    import torch
     from ray import serve
 
     from lungdr.predictor import Predictor
@@ -100,6 +101,8 @@ def run(args) -> dict:
                                        name=f"bench-{label}", route_prefix=f"/{label}"))
                    for label, size in (("batched", batch), ("unbatched", 1))}
         predictor = Predictor.from_bundle(bundle)
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what Ray gives a replica with num_cpus < 1 (OMP_NUM_THREADS=1): a fair pairing
         for client in clients.values():  # warm-up: first calls allocate, every replica gets work
             run_load(client, payloads[:CLIENTS], clients=CLIENTS)
         predictor.predict_bytes(payloads[0][0])
@@ -107,12 +110,14 @@ def run(args) -> dict:
         throughput = _throughput(clients, payloads)
         stats = {label: _batch_stats(f"bench-{label}") for label in clients}
         serve.shutdown()
+        torch.set_num_threads(torch_threads)
 
     on, off = (throughput[k]["requests_per_s"] for k in ("batched", "unbatched"))
     return {
         "benchmark": "serve",
         "bundle": "given" if args.bundle else "tiny (trained for this run)",
         "n": n, "clients": CLIENTS, "rounds": ROUNDS, "max_batch_size": batch,
+        "batch_wait_timeout_s": ServeConfig().batch_wait_timeout_s, "in_process_torch_threads": 1,
         **latency,
         f"http_{CLIENTS}_clients": throughput,
         "batch_stats_cumulative": stats,

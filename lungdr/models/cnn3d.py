@@ -117,3 +117,27 @@ class CNN3D(TorchClassifier):
     @property
     def metadata(self) -> dict:
         return self.extra_config()
+
+
+def read_ct_corpus(uri: str) -> tuple[list[np.ndarray], np.ndarray, int]:
+    """Labelled CT volumes of a ``volumes/<id>.npz`` + ``labels.csv`` corpus (``write_ct_corpus``'s layout):
+    ``(hu volumes, labels, number of unlabelled volumes skipped)``. A folder of DICOM slices (one real series,
+    no label) yields no training volume and counts as one unlabelled."""
+    import csv
+    import io
+
+    from lungdr.io import exists, join_uri, list_uris, load_volume, read_bytes
+
+    labels_uri = join_uri(uri, "labels.csv")
+    if not exists(labels_uri):
+        return [], np.zeros(0, np.int64), 1
+    rows = {r["id"]: r.get("label", "") for r in csv.DictReader(io.StringIO(read_bytes(labels_uri).decode()))}
+    volumes, labels, unlabelled = [], [], 0
+    for vol_uri in list_uris(join_uri(uri, "volumes")):
+        ident = vol_uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        if rows.get(ident, "") in ("", None):
+            unlabelled += 1
+            continue
+        volumes.append(load_volume(read_bytes(vol_uri), vol_uri).hu)
+        labels.append(int(float(rows[ident])))
+    return volumes, np.asarray(labels, np.int64), unlabelled

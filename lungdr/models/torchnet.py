@@ -141,6 +141,8 @@ class TorchClassifier(Classifier):
         self.device = pick_device(device)
         self.model: nn.Module | None = None
         self.history: list[float] = []
+        self._optimizer = None
+        self._rng = np.random.default_rng(self.cfg.seed)
 
     @abc.abstractmethod
     def build(self, pretrained: bool = True) -> nn.Module:
@@ -162,21 +164,28 @@ class TorchClassifier(Classifier):
         return self.inputs(*check_images(images, masks))
 
     def fit(self, images, masks, y, groups=None) -> "TorchClassifier":
+        """``cfg.epochs`` epochs; a second call continues from the current weights (CNN3D's CT pre-training
+        relies on it). ``groups`` is unused: no inner model selection here."""
         x = self._prepare(images, masks)
         return self.fit_arrays(x, check_labels(y, len(x)), self.cfg.epochs)
 
     def fit_arrays(self, x: np.ndarray, y: np.ndarray, epochs: int) -> "TorchClassifier":
-        """Train (or keep training) on network-ready inputs."""
-        seed_everything(self.cfg.seed)
-        rng = np.random.default_rng(self.cfg.seed)
-        if self.model is None:
-            self.model = self.build().to(self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.cfg.lr)
+        """Train (or keep training: the optimizer state carries over) on network-ready inputs."""
         for _ in range(epochs):
-            batches = array_batches(x, y, self.cfg.batch_size, rng, self.augment_fn())
-            self.history.append(train_epoch(self.model, optimizer, batches, self.device))
+            self.train_one_epoch(x, y)
         return self
+
+    def train_one_epoch(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One epoch of Adam (``cfg.lr``) over shuffled mini-batches, augmented when configured; returns the loss."""
+        if self.model is None:
+            seed_everything(self.cfg.seed)
+            self.model = self.build().to(self.device)
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr)
+        batches = array_batches(x, y, self.cfg.batch_size, self._rng, self.augment_fn())
+        loss = train_epoch(self.model, self._optimizer, batches, self.device)
+        self.history.append(loss)
+        return loss
 
     def _fitted(self) -> nn.Module:
         if self.model is None:

@@ -40,7 +40,7 @@ class InceptionNet(nn.Module):
     def __init__(self, backbone: nn.Module, pretrained: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.freeze_bn_stats = pretrained  # random-init frozen blocks still estimate their BN statistics
+        self.freeze_bn_stats = True
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 

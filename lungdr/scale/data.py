@@ -6,6 +6,8 @@ Listing happens on the driver (one key per row, cheap); reading, decoding and pr
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import ray
 
@@ -20,8 +22,9 @@ def corpus_dataset(uri: str, limit: int | None = None, items=None) -> ray.data.D
     rows = [item_row(i) for i in items]
     if limit is not None:
         rows = rows[:limit]
-    # Enough blocks for parallelism, not so many that tiny corpora pay per-block overhead.
-    blocks = max(1, min(len(rows) // 8, 200)) if rows else 1
+    # ~64 items a block so results stream early on big archives; at least a few blocks so small corpora
+    # still decode in parallel.
+    blocks = min(max(len(rows), 1), max(4, math.ceil(len(rows) / 64)), 20_000)
     return ray.data.from_items(rows, override_num_blocks=blocks)
 
 

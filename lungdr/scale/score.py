@@ -252,8 +252,10 @@ def add_lung_fraction(result: dict, mask: np.ndarray, letterbox_json: str):
     reports it); returns the parsed LetterboxInfo."""
     from lungdr.transforms import LetterboxInfo
 
+    from lungdr.predictor import lung_area_fraction
+
     info = LetterboxInfo.from_dict(json.loads(letterbox_json))
-    result["lung_area_fraction"] = round(float(mask[info.content].mean()), 6)
+    result["lung_area_fraction"] = lung_area_fraction(mask, info)
     return info
 
 

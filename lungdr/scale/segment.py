@@ -47,7 +47,7 @@ class SegmentActor:
 
         images = np.asarray(batch["image"], np.float32)
         n = len(images)
-        errors = [str(e) if e else "" for e in batch["error"]]
+        errors = [e if isinstance(e, str) else "" for e in batch["error"]]  # None/NaN when all rows are fine
         masks = np.zeros(images.shape, np.uint8)
         crops = np.zeros(images.shape, np.float32)
         fractions = np.full(n, np.nan)
@@ -117,7 +117,7 @@ def preprocess_for(bundle: str | None, size: int = 256) -> PreprocessConfig:
 
 
 def segment_corpus(input_uri: str, output: str, bundle: str | None = None, method: str = "unet", actors: int = 1,
-                   batch_size: int = 16, num_gpus: float | None = None, num_cpus: float = 0.5) -> dict:
+                   batch_size: int = 16, num_gpus: float | None = None, num_cpus: float = 0.5, size: int = 256) -> dict:
     """Ingest ``input_uri``, segment it, write ``<output>/masks/<id>.png`` and ``<output>/summary/`` (Parquet, one row
     per input id, no pixels). Returns counts."""
     from lungdr.io import join_uri
@@ -127,14 +127,14 @@ def segment_corpus(input_uri: str, output: str, bundle: str | None = None, metho
 
     if num_gpus is None:
         num_gpus = 1.0 if method == "unet" and cluster_gpus() >= 1 else 0.0
-    pre = preprocess_for(bundle if method == "unet" else None)
+    pre = preprocess_for(bundle if method == "unet" else None, size)
     ds = segment_dataset(ingest(input_uri, cfg=pre, batch_size=batch_size), bundle, method, actors, batch_size,
                          num_gpus, num_cpus, masks_uri=join_uri(output, "masks"))
     ds = ds.select_columns(list(SUMMARY_COLUMNS)).materialize()
     path, fs = filesystem_for(join_uri(output, "summary"))
     ds.write_parquet(path, filesystem=fs)
     rows = ds.select_columns(["error", "lung_area_fraction"]).take_all()
-    errors = [r["error"] for r in rows if r["error"]]
-    fractions = [r["lung_area_fraction"] for r in rows if not r["error"]]
+    errors = [r["error"] for r in rows if isinstance(r["error"], str) and r["error"]]
+    fractions = [r["lung_area_fraction"] for r in rows if not (isinstance(r["error"], str) and r["error"])]
     return {"rows": len(rows), "errors": len(errors), "method": method, "output": output,
             "lung_area_fraction_median": float(np.median(fractions)) if fractions else None}

@@ -18,6 +18,8 @@ import asyncio
 import base64
 import logging
 import os
+import signal
+import sys
 import time
 from dataclasses import fields
 from typing import Any
@@ -315,6 +317,7 @@ def serve_forever(args: dict, host: str | None = None, port: int | None = None, 
     from lungdr.scale.session import init_ray
 
     app_settings(args)  # bad settings fail before Ray starts
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `docker stop` / kill: shut down like Ctrl-C
     init_ray(address=address)
     try:
         url = start(args, host, port)
@@ -323,3 +326,6 @@ def serve_forever(args: dict, host: str | None = None, port: int | None = None, 
             time.sleep(3600)
     finally:
         serve.shutdown()
+        import ray
+
+        ray.shutdown()  # stops the local Ray this command started (only disconnects from a joined cluster)

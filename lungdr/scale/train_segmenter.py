@@ -79,7 +79,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from lungdr.augment import PairedAugment
     from lungdr.segmentation.training import evaluate, train_one_epoch
-    from lungdr.segmentation.unet import build_unet, make_optimizer
+    from lungdr.segmentation.unet import build_unet, make_optimizer, make_scheduler
 
     cfg = from_dict(SegmenterConfig, config["segmenter"])
     ctx = ray.train.get_context()
@@ -95,8 +95,10 @@ def train_loop_per_worker(config: dict) -> None:
     model = prepare_model(model)
     core = model.module if hasattr(model, "module") else model
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
     augment = PairedAugment(from_dict(AugmentConfig, config["augment"])) if config.get("augment") else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
@@ -105,6 +107,7 @@ def train_loop_per_worker(config: dict) -> None:
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         loss = train_one_epoch(model, optimizer, _numpy_batches(train_shard, cfg.batch_size, augment, rng,
                                                                 config.get("shuffle_buffer")), device)
+        scheduler.step()
         # Rank 0 validates on the whole (unsplit) val set, with the unwrapped module (DDP's forward is a collective);
         # an equal split across workers could drop up to world_size - 1 validation images.
         local = evaluate(core, _numpy_batches(val_shard, cfg.batch_size), device, cfg.threshold, scores=True) \
@@ -119,8 +122,8 @@ def train_loop_per_worker(config: dict) -> None:
             checkpoint = None
             if rank == 0:
                 torch.save({"model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
-                            "optimizer": optimizer.state_dict(), "epoch": epoch, "best_dice": best,
-                            "best_model": best_model, "history": history}, os.path.join(tmp, STATE))
+                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                            "best_dice": best, "best_model": best_model, "history": history}, os.path.join(tmp, STATE))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -157,7 +160,7 @@ def _mask_rows(uri: str, items: list, pre: PreprocessConfig):
 
 
 def _no_error(row: dict) -> bool:
-    return not row["error"]
+    return not isinstance(row["error"], str) or not row["error"]
 
 
 def train_segmenter(

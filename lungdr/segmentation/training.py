@@ -163,17 +163,19 @@ def fit_local(
     """Single-process training loop; returns ``(Segmenter with the best-validation weights, history)``."""
     from lungdr.augment import PairedAugment
     from lungdr.segmentation.segmenter import Segmenter
-    from lungdr.segmentation.unet import make_optimizer
+    from lungdr.segmentation.unet import make_optimizer, make_scheduler
 
     seg = Segmenter(cfg=cfg, preprocess=pre or PreprocessConfig(size=cfg.size), device=device, seed=cfg.seed)
     model, dev = seg.model, seg.device
     optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
     augment = PairedAugment(augment_cfg) if augment_cfg is not None else None
     rng = np.random.default_rng(cfg.seed)
     history, best, best_state = [], -1.0, None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         loss = train_one_epoch(model, optimizer, iterate_batches(*train, cfg.batch_size, rng, augment), dev)
+        scheduler.step()
         metrics = evaluate(model, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
         rec = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": round(time.perf_counter() - t0, 2)}

@@ -7,6 +7,8 @@ has the input's size for any side divisible by 16. ``base`` is the first level's
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -90,6 +92,17 @@ def make_optimizer(model: nn.Module, cfg: SegmenterConfig) -> torch.optim.Optimi
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r} (adam | sgd)")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: SegmenterConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-epoch learning-rate factor: cosine decay to 2% over ``cfg.epochs``, or constant. A pure function of the
+    epoch count, so a restored scheduler (``load_state_dict``) continues at the right step."""
+    if cfg.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
+    if cfg.lr_schedule != "cosine":
+        raise ConfigError(f"unknown lr_schedule {cfg.lr_schedule!r} (cosine | constant)")
+    total = max(cfg.epochs, 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(e, total) / total)))
 
 
 def build_unet(cfg: SegmenterConfig) -> UNet:

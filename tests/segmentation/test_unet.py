@@ -61,3 +61,23 @@ def test_optimizers_and_a_few_steps_reduce_the_loss():
     assert make_optimizer(UNet(base=4), SegmenterConfig(optimizer="sgd")).defaults["momentum"] == 0.99
     with pytest.raises(ConfigError):
         make_optimizer(UNet(base=4), SegmenterConfig(optimizer="lbfgs"))
+
+
+def test_cosine_schedule_decays_and_resumes_at_the_same_step():
+    from lungdr.segmentation.unet import make_scheduler
+
+    cfg = SegmenterConfig(lr=0.1, epochs=4)
+    opt = make_optimizer(UNet(base=4), cfg)
+    sched = make_scheduler(opt, cfg)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    opt2 = make_optimizer(UNet(base=4), cfg)
+    sched2 = make_scheduler(opt2, cfg)
+    sched2.load_state_dict(sched.state_dict())
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.1 * 0.02)
+    with pytest.raises(ConfigError):
+        make_scheduler(opt, SegmenterConfig(lr_schedule="warm"))

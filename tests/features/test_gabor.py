@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from lungdr.features.gabor import ORIENTATIONS, SCALES, feature_names, gabor_bank, gabor_features
+from lungdr.models.base import ModelInputError
+
+
+def stripes(size: int, period: float, theta_deg: float) -> np.ndarray:
+    """Sinusoidal stripes whose intensity varies along direction ``theta_deg`` (0 deg = along x)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    t = np.radians(theta_deg)
+    return (0.5 + 0.5 * np.cos(2 * np.pi * (xx * np.cos(t) + yy * np.sin(t)) / period)).astype(np.float32)
+
+
+def test_bank_shape_and_normalisation():
+    bank = gabor_bank()
+    assert len(bank) == 24 == len(ORIENTATIONS) * len(SCALES)
+    assert [k.shape[0] for k in bank[:: len(ORIENTATIONS)]] == list(SCALES)
+    for k in bank:
+        assert k.dtype == np.float32 and abs(float(k.sum())) < 1e-4 and np.isclose(np.abs(k).sum(), 1.0, atol=1e-4)
+    # orientation: the 90 deg kernel is the 0 deg kernel turned a quarter
+    np.testing.assert_allclose(np.rot90(bank[0]), bank[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("theta", ORIENTATIONS)
+def test_each_kernel_responds_most_to_its_own_stripes(theta):
+    bank = gabor_bank(scales=(11,))
+    mask = np.ones((64, 64), np.uint8)
+    feats = gabor_features(stripes(64, 11 / 2, theta), mask, bank)
+    energy = feats[2:3 * len(bank):3]  # per-orientation response energy
+    assert int(np.argmax(energy)) == ORIENTATIONS.index(theta)
+    assert energy.max() > 5 * np.sort(energy)[-2]
+
+
+def test_features_pool_inside_the_lung_field_only():
+    bank = gabor_bank()
+    img = stripes(64, 5, 0.0)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 8:30] = 1
+    feats = gabor_features(img, mask, bank)
+    assert feats.shape == (len(feature_names()),) == (3 * 24 + 6,)
+    changed = img.copy()
+    changed[mask == 0] = np.random.default_rng(0).random(int((mask == 0).sum()))  # noise outside the lungs
+    near = gabor_features(changed, mask, bank)
+    np.testing.assert_allclose(near[-6:], feats[-6:], rtol=1e-5)  # intensity stats: lung pixels only
+    with pytest.raises(ModelInputError):
+        gabor_features(img, mask[:-1], bank)

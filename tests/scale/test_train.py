@@ -1,0 +1,61 @@
+"""Three classifiers trained concurrently on local Ray (tiny models, synthetic corpus) -> one verified bundle."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lungdr.bundle import open_bundle
+from lungdr.config import CNN3DConfig, FusionConfig, LungdrConfig, PreprocessConfig, SVMConfig, TransferConfig
+from lungdr.synthetic import write_ct_corpus, write_dr_corpus
+
+TINY = LungdrConfig(
+    preprocess=PreprocessConfig(size=48),
+    svm=SVMConfig(feature_size=48, C=(1.0, 10.0), cv_folds=3),
+    transfer=TransferConfig(input_size=75, weights="none", freeze_first=15, finetune_last=1, epochs=2,
+                            batch_size=8, augment=True),
+    cnn3d=CNN3DConfig(depth=3, size=24, ct_shape=(8, 24, 24), epochs=2, batch_size=8),
+    fusion=FusionConfig(ood_quantile=0.95),
+)
+
+
+@pytest.mark.slow
+def test_parallel_training_writes_a_verified_bundle(ray_session, tmp_path):
+    from lungdr.scale.train import train_classifiers
+
+    write_dr_corpus(str(tmp_path / "dr"), n=40, size=48, seed=3)
+    write_ct_corpus(str(tmp_path / "ct"), n=4, shape=(8, 24, 24), seed=4)
+    out = str(tmp_path / "bundle")
+    summary = train_classifiers(str(tmp_path / "dr"), out, TINY, ct=str(tmp_path / "ct"),
+                                storage=str(tmp_path / "runs"), val_fraction=0.3, ct_epochs=1)
+    bundle = open_bundle(out)  # verifies every hash
+    m = bundle.manifest
+    assert m["kind"] == "classifiers"  # no segmenter given
+    for name in ("svm", "transfer", "cnn3d"):
+        assert bundle.has(f"classifiers/{name}/config.json")
+        assert set(m["metrics"][name]) >= {"accuracy", "auc", "sensitivity", "specificity", "n"}
+    assert m["classifiers"]["transfer"]["pretrained"] is False
+    assert m["classifiers"]["cnn3d"]["ct_sources"] and len(m["classifiers"]["cnn3d"]["ct_history"]) == 1
+    assert m["training_data"]["train"] + m["training_data"]["val"] == 40 and m["training_data"]["ct"]["labelled_volumes"] == 4
+    assert "coverage" in m["metrics"]["fusion"] and m["metrics"]["fusion"]["n"] == m["training_data"]["val"]
+    fusion = json.loads((bundle.root / "fusion.json").read_text())
+    assert np.isclose(sum(fusion["weights"].values()), 1.0) and set(fusion["ood_thresholds"]) >= {"svm", "mask"}
+    card = bundle.card()
+    assert "not tuberculosis" in card and "NOT pretrained" in card and "SYNTHETIC" in card
+    assert summary["parallel"] and set(summary["per_model_seconds"]) == {"svm", "transfer", "cnn3d"}
+    assert len(summary["epochs"]["transfer"]) >= 1 and (tmp_path / "runs").is_dir()  # checkpoints written
+
+
+def test_missing_labels_or_masks_are_clear_errors(ray_session, tmp_path):
+    from lungdr.errors import ConfigError, EmptyInputError
+    from lungdr.scale.train import prepare_data
+
+    write_dr_corpus(str(tmp_path / "dr"), n=6, size=32, seed=1)
+    (tmp_path / "dr" / "labels.csv").write_text("id,label,patient\n" + "".join(
+        f"synthetic-dr-{i:05d},0,p{i}\n" for i in range(6)))
+    with pytest.raises(EmptyInputError):
+        prepare_data(str(tmp_path / "dr"), PreprocessConfig(size=32), None, 0.3, 0)
+    write_dr_corpus(str(tmp_path / "dr2"), n=6, size=32, seed=1)
+    (tmp_path / "dr2" / "masks" / "synthetic-dr-00000.png").unlink()
+    with pytest.raises(ConfigError):
+        prepare_data(str(tmp_path / "dr2"), PreprocessConfig(size=32), None, 0.3, 0)

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+from lungdr.config import FusionConfig
+from lungdr.ensemble import NO_MAJORITY, OUT_OF_DISTRIBUTION, Fusion, decision_metrics, fit_weights
+from lungdr.models.base import ModelInputError
+
+EQUAL = {"svm": 1 / 3, "transfer": 1 / 3, "cnn3d": 1 / 3}
+
+
+@pytest.mark.parametrize("probs, label, review", [
+    ({"svm": 0.9, "transfer": 0.8, "cnn3d": 0.7}, 1, False),   # unanimous abnormal
+    ({"svm": 0.1, "transfer": 0.2, "cnn3d": 0.3}, 0, False),   # unanimous normal
+    ({"svm": 0.9, "transfer": 0.6, "cnn3d": 0.1}, 1, False),   # 2 of 3
+    ({"svm": 0.4, "transfer": 0.3, "cnn3d": 0.99}, 0, False),  # 2 of 3 normal despite a confident dissenter
+    ({"svm": 0.5, "transfer": 0.49, "cnn3d": 0.2}, 0, False),  # p = 0.5 votes abnormal
+])
+def test_equal_weight_truth_table(probs, label, review):
+    d = Fusion(EQUAL, FusionConfig(margin_threshold=0.2)).decide(probs)
+    assert (d.label, d.needs_review) == (label, review)
+    assert d.votes == {k: int(v >= 0.5) for k, v in probs.items()} and d.probs == probs
+    assert np.isclose(d.p_abnormal, np.mean(list(probs.values())))
+    n_abnormal = sum(v >= 0.5 for v in probs.values())
+    assert np.isclose(d.margin, abs(2 * n_abnormal - 3) / 3)
+
+
+def test_weights_decide_and_ties_need_review():
+    fusion = Fusion({"svm": 0.5, "transfer": 0.3, "cnn3d": 0.2}, FusionConfig(margin_threshold=0.2))
+    d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1})  # 0.5 vs 0.5: an exact tie
+    assert d.label is None and d.needs_review and d.review_reason == NO_MAJORITY and d.margin == 0
+    d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.9})  # 0.7 vs 0.3
+    assert d.label == 1 and np.isclose(d.margin, 0.4)
+    d = fusion.decide({"svm": 0.9, "transfer": 0.9, "cnn3d": 0.1})  # 0.8 vs 0.2
+    assert d.label == 1 and np.isclose(d.p_abnormal, 0.5 * 0.9 + 0.3 * 0.9 + 0.2 * 0.1)
+    narrow = Fusion({"svm": 0.45, "transfer": 0.35, "cnn3d": 0.2}, FusionConfig(margin_threshold=0.2))
+    d = narrow.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1})  # 0.45 vs 0.55: margin 0.1 < 0.2
+    assert d.label is None and d.review_reason == NO_MAJORITY
+    two = Fusion(EQUAL).decide({"svm": 0.9, "transfer": 0.1})  # a missing model: weights renormalised
+    assert two.label is None and two.weights == {"svm": 0.5, "transfer": 0.5}
+
+
+def test_repredict_only_when_undecided_and_can_resolve():
+    fusion = Fusion({"svm": 0.5, "transfer": 0.3, "cnn3d": 0.2})
+    calls = []
+
+    def tta():
+        calls.append(1)
+        return {"svm": 0.8, "transfer": 0.7, "cnn3d": 0.2}
+
+    assert fusion.decide({"svm": 0.9, "transfer": 0.9, "cnn3d": 0.9}, repredict=tta).repredicted is False
+    assert calls == []
+    d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1}, repredict=tta)
+    assert calls == [1] and d.repredicted and d.label == 1 and not d.needs_review
+    still = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1},
+                          repredict=lambda: {"svm": 0.9, "transfer": 0.2, "cnn3d": 0.3})
+    assert still.repredicted and still.label is None and still.review_reason == NO_MAJORITY
+
+
+def test_ood_takes_precedence():
+    fusion = Fusion(EQUAL)
+    d = fusion.decide({"svm": 0.9, "transfer": 0.9, "cnn3d": 0.9}, ood=(3.2, True, "mask 3.2x"))
+    assert d.label is None and d.needs_review and d.review_reason == OUT_OF_DISTRIBUTION
+    assert d.votes == {"svm": 1, "transfer": 1, "cnn3d": 1} and d.ood_distance == 3.2
+    undecided = Fusion({"svm": 0.5, "transfer": 0.5}).decide({"svm": 0.9, "transfer": 0.1}, ood=(2.0, True, "svm"))
+    assert undecided.review_reason == OUT_OF_DISTRIBUTION
+    fine = fusion.decide({"svm": 0.9, "transfer": 0.9, "cnn3d": 0.1}, ood=(0.5, False, None))
+    assert fine.label == 1 and fine.review_reason is None and fine.ood_distance == 0.5
+
+
+def test_fit_weights_follow_validation_accuracy():
+    y = np.array([0, 1] * 10)
+    good = np.where(y == 1, 0.9, 0.1)
+    noisy = good.copy()
+    noisy[:6] = 1 - noisy[:6]  # 70 % accurate
+    chance = np.full(20, 0.6)  # always abnormal: 50 %
+    w = fit_weights({"svm": good, "transfer": noisy, "cnn3d": np.stack([1 - chance, chance], 1)}, y)
+    assert np.isclose(sum(w.values()), 1.0)
+    assert w["svm"] > w["transfer"] > w["cnn3d"] > 0
+    with pytest.raises(ModelInputError):
+        fit_weights({"svm": good[:5]}, y)
+
+
+def test_save_load_and_bad_input(tmp_path):
+    fusion = Fusion({"svm": 0.6, "transfer": 0.4}, FusionConfig(margin_threshold=0.3, tta_rounds=2))
+    loaded = Fusion.load(fusion.save(tmp_path / "fusion.json"))
+    assert loaded.weights == fusion.weights and loaded.cfg == fusion.cfg
+    with pytest.raises(ModelInputError):
+        fusion.decide({"svm": 1.5, "transfer": 0.2})
+    with pytest.raises(ModelInputError):
+        fusion.decide({"nope": 0.5})
+    with pytest.raises(ModelInputError):
+        Fusion({"svm": -1.0})
+
+
+def test_decision_metrics_count_reviews():
+    fusion = Fusion({"svm": 0.5, "transfer": 0.5})
+    probs = {"svm": np.array([0.9, 0.1, 0.9, 0.8]), "transfer": np.array([0.8, 0.2, 0.1, 0.9])}
+    m = decision_metrics([1, 0, 1, 0], fusion.decide_batch(probs))
+    assert m["needs_review"] == 1 and m["coverage"] == 0.75 and m["review_reasons"] == {NO_MAJORITY: 1}
+    assert np.isclose(m["accuracy"], 2 / 3) and m["n"] == 4

@@ -1,0 +1,88 @@
+"""The OOD guard on a real fitted C1 (Gabor SVM) embedding plus mask statistics, phantoms as the training world."""
+
+import cv2
+import numpy as np
+import pytest
+
+from lungdr.config import SVMConfig
+from lungdr.models.base import ModelInputError
+from lungdr.models.cnn3d import ct_to_input
+from lungdr.models.svm import GaborSVM
+from lungdr.ood import OODGuard, guard_features, mask_stats
+from lungdr.synthetic import make_ct_phantom, make_dr_phantom
+
+SIZE = 64
+
+
+def phantoms(n, seed):
+    rng = np.random.default_rng(seed)
+    pairs = [make_dr_phantom(SIZE, bool(k % 2), rng) for k in range(n)]
+    return [p[0] for p in pairs], [p[1] for p in pairs], np.arange(n) % 2
+
+
+@pytest.fixture(scope="module")
+def world():
+    images, masks, y = phantoms(40, 11)
+    svm = GaborSVM(SVMConfig(feature_size=SIZE, C=(10.0,), cv_folds=3)).fit(images, masks, y)
+    val_images, val_masks, _ = phantoms(20, 12)
+    guard = OODGuard(quantile=0.95).fit(guard_features({"svm": svm}, images, masks),
+                                        guard_features({"svm": svm}, val_images, val_masks))
+    return svm, guard
+
+
+def score(world, images, masks):
+    svm, guard = world
+    return guard.score_batch(guard_features({"svm": svm}, images, masks))
+
+
+def strange_images(rng):
+    """Non-chest and strongly transformed inputs (each paired with a plausible lung mask below)."""
+    chest, _ = make_dr_phantom(SIZE, False, rng)
+    ct = make_ct_phantom((16, SIZE, SIZE), 0, rng)
+    ct_slice = ct_to_input(ct, (16, SIZE, SIZE))[8]
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    checker = (((yy // 8) + (xx // 8)) % 2).astype(np.float32)
+    noise = rng.random((SIZE, SIZE)).astype(np.float32)
+    gradient = (xx / SIZE).astype(np.float32)
+    return {"ct_slice": ct_slice, "checkerboard": checker, "noise": noise, "gradient": gradient,
+            "inverted": 1 - chest, "rotated": np.ascontiguousarray(np.rot90(chest)),
+            "blurred": cv2.GaussianBlur(chest, (0, 0), 6)}
+
+
+def test_in_distribution_scans_pass(world):
+    images, masks, _ = phantoms(20, 13)
+    flags = [s[1] for s in score(world, images, masks)]
+    assert sum(flags) <= 2, flags
+
+
+def test_foreign_and_transformed_images_are_flagged(world):
+    rng = np.random.default_rng(14)
+    strange = strange_images(rng)
+    _, masks, _ = phantoms(len(strange), 15)
+    results = dict(zip(strange, score(world, list(strange.values()), masks)))
+    missed = [name for name, (_, is_ood, _) in results.items() if not is_ood]
+    assert not missed, results
+    assert all(r[0] > 1 and "svm" in r[2] for r in results.values())
+
+
+def test_implausible_masks_are_flagged_by_the_mask_space(world):
+    images, masks, _ = phantoms(3, 16)
+    empty, full = np.zeros_like(masks[0]), np.ones_like(masks[0])
+    half = masks[2].copy()
+    half[:, : SIZE // 2] = 0  # one lung missing
+    results = score(world, images, [empty, full, half])
+    assert all(is_ood and "mask" in reason for _, is_ood, reason in results), results
+
+
+def test_mask_stats_and_round_trip(world, tmp_path):
+    _, masks, _ = phantoms(1, 17)
+    stats = mask_stats(masks[0])
+    assert stats[1] == 2 and 0.1 < stats[0] < 0.5 and 0.35 < stats[6] < 0.65  # two lungs, balanced
+    assert not mask_stats(np.zeros((8, 8), np.uint8)).any()
+    svm, guard = world
+    loaded = OODGuard.load(guard.save(tmp_path / "ood"))
+    images, masks, _ = phantoms(4, 18)
+    feats = guard_features({"svm": svm}, images, masks)
+    assert loaded.score_batch(feats) == guard.score_batch(feats)
+    with pytest.raises(ModelInputError):
+        guard.score_batch({"svm": feats["svm"]})
