@@ -6,7 +6,7 @@ import argparse
 import importlib
 import json
 
-BENCHMARKS = ("ingest", "segment", "train", "score", "serve")
+BENCHMARKS = ("ingest", "segment", "train", "score", "serve", "cluster")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

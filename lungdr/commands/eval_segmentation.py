@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", default="unet,otsu,watershed,grabcut", help="comma-separated")
     p.add_argument("--overlays", type=int, default=8, help="overlay PNGs per method")
     p.add_argument("--limit", type=int, default=None, help="first N masked images only")
+    p.add_argument("--val-only", action="store_true",
+                   help="only the bundle's patient-disjoint validation split (same val_fraction and seed)")
     p.set_defaults(func=run)
 
 
@@ -32,7 +34,15 @@ def run(args: argparse.Namespace) -> int:
         if not args.bundle:
             raise ConfigError("the unet method needs --bundle (or leave it out of --methods)")
         seg = Segmenter.from_bundle(args.bundle)
-    items = [i for i in load_corpus(args.data) if i.mask_uri][: args.limit]
+    items = [i for i in load_corpus(args.data) if i.mask_uri]
+    if args.val_only:
+        from lungdr.errors import ConfigError
+        from lungdr.segmentation.training import split_items
+
+        if seg is None:
+            raise ConfigError("--val-only needs --bundle (its training split settings)")
+        items = split_items(items, seg.cfg)[1]
+    items = items[: args.limit]
     metrics = evaluate_methods(items, methods, seg, join_uri(args.out, "overlays"), args.overlays)
     errors = metrics.pop("_errors")
     write_bytes(join_uri(args.out, "metrics.json"), json.dumps(metrics, indent=2).encode())

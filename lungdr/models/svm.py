@@ -53,6 +53,7 @@ def make_cv(y: np.ndarray, groups, folds: int):
 
 class GaborSVM(Classifier):
     name = "svm"
+    config_cls = SVMConfig
 
     def __init__(self, cfg: SVMConfig | None = None):
         self.cfg = cfg or SVMConfig()

@@ -50,11 +50,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def set_train_mode(model: nn.Module) -> None:
-    """``train()``; frozen BatchNorm layers keep their running statistics (eval mode) unless the network says
-    ``freeze_bn_stats = False`` (random-init frozen blocks still need their statistics estimated)."""
+    """``train()``, but frozen BatchNorm layers keep their running statistics (eval mode)."""
     model.train()
-    if not getattr(_unwrap(model), "freeze_bn_stats", True):
-        return
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
             m.eval()

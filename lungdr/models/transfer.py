@@ -37,10 +37,9 @@ AUX_MIN_INPUT = 299
 class InceptionNet(nn.Module):
     """Grayscale [0, 1] -> 3 channels -> ImageNet normalisation -> torchvision Inception-v3."""
 
-    def __init__(self, backbone: nn.Module, pretrained: bool = True):
+    def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        self.freeze_bn_stats = True
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -110,7 +109,7 @@ def build_model(cfg: TransferConfig, state: dict | None = None) -> InceptionNet:
     if aux:
         for p in backbone.AuxLogits.fc.parameters():
             p.requires_grad = True
-    return InceptionNet(backbone, pretrained=state is not None)
+    return InceptionNet(backbone)
 
 
 def transfer_inputs(images, masks, size: int) -> np.ndarray:

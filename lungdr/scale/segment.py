@@ -107,6 +107,13 @@ def segment_dataset(ds: ray.data.Dataset, bundle: str | None = None, method: str
     )
 
 
+def _summary_batch(batch: dict) -> dict:
+    """The summary columns only; ``error`` as text ("" = fine) so every block has the same Parquet schema."""
+    out = {k: batch[k] for k in SUMMARY_COLUMNS}
+    out["error"] = np.array([e if isinstance(e, str) else "" for e in batch["error"]], dtype=object)
+    return out
+
+
 def preprocess_for(bundle: str | None, size: int = 256) -> PreprocessConfig:
     """The preprocessing the bundle's U-Net was trained with (default settings at ``size`` without a bundle)."""
     if not bundle:
@@ -119,7 +126,7 @@ def preprocess_for(bundle: str | None, size: int = 256) -> PreprocessConfig:
 def segment_corpus(input_uri: str, output: str, bundle: str | None = None, method: str = "unet", actors: int = 1,
                    batch_size: int = 16, num_gpus: float | None = None, num_cpus: float = 0.5, size: int = 256) -> dict:
     """Ingest ``input_uri``, segment it, write ``<output>/masks/<id>.png`` and ``<output>/summary/`` (Parquet, one row
-    per input id, no pixels). Returns counts."""
+    per input id, no pixels; ``error`` is "" for a fine row). Returns counts."""
     from lungdr.io import join_uri
     from lungdr.scale.data import ingest
     from lungdr.scale.session import num_gpus as cluster_gpus
@@ -130,11 +137,11 @@ def segment_corpus(input_uri: str, output: str, bundle: str | None = None, metho
     pre = preprocess_for(bundle if method == "unet" else None, size)
     ds = segment_dataset(ingest(input_uri, cfg=pre, batch_size=batch_size), bundle, method, actors, batch_size,
                          num_gpus, num_cpus, masks_uri=join_uri(output, "masks"))
-    ds = ds.select_columns(list(SUMMARY_COLUMNS)).materialize()
+    ds = ds.map_batches(_summary_batch, batch_format="numpy", batch_size=batch_size, num_cpus=num_cpus).materialize()
     path, fs = filesystem_for(join_uri(output, "summary"))
     ds.write_parquet(path, filesystem=fs)
     rows = ds.select_columns(["error", "lung_area_fraction"]).take_all()
-    errors = [r["error"] for r in rows if isinstance(r["error"], str) and r["error"]]
-    fractions = [r["lung_area_fraction"] for r in rows if not (isinstance(r["error"], str) and r["error"])]
+    errors = [r["error"] for r in rows if r["error"]]
+    fractions = [r["lung_area_fraction"] for r in rows if not r["error"]]
     return {"rows": len(rows), "errors": len(errors), "method": method, "output": output,
             "lung_area_fraction_median": float(np.median(fractions)) if fractions else None}

@@ -33,6 +33,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from lungdr.config import ServeConfig, from_dict, load_config, to_dict
 from lungdr.errors import ConfigError
 from lungdr.io import decode
+from lungdr.predictor import lung_area_fraction
 from lungdr.scale.serve_api import ApiError, make_api
 from lungdr.transforms import unletterbox
 
@@ -177,8 +178,7 @@ class IngressServer:
         classified = {name: {"p": np.array([s["p"]]), "embed": np.asarray(s["embed"])[None]}
                       for name, s in zip(self.classifiers, scores)}
         result = (await asyncio.to_thread(self.predictor.decide, image[None], mask[None], classified))[0]
-        rows, cols = info.content
-        result["lung_area_fraction"] = round(float(mask[rows, cols].mean()), 6)  # as Predictor.predict_images
+        result["lung_area_fraction"] = lung_area_fraction(mask, info)
         out = plain({k: result.get(k) for k in RESULT_KEYS})
         if want_mask:
             out["mask"] = mask_png_base64(unletterbox(mask, info, "nearest"))

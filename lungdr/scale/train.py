@@ -31,8 +31,13 @@ NETWORKS = ("transfer", "cnn3d")
 
 # ---------------------------------------------------------------- Ray Data stages
 
+def _no_error(e) -> bool:
+    """An empty ``error`` cell (None, or NaN once Arrow has stored a null)."""
+    return e is None or (isinstance(e, str) and not e) or (isinstance(e, (float, np.floating)) and np.isnan(e))
+
+
 def _labelled_ok(batch: dict) -> dict:
-    keep = np.array([e is None and int(lab) >= 0 for e, lab in zip(batch["error"], batch["label"])], bool)
+    keep = np.array([_no_error(e) and int(lab) >= 0 for e, lab in zip(batch["error"], batch["label"])], bool)
     return {k: v[keep] for k, v in batch.items()}
 
 
@@ -54,7 +59,10 @@ def gabor_rows(batch: dict, cfg: dict) -> dict:
 
 
 def columns(ds, *names) -> dict[str, np.ndarray]:
-    parts = list(ds.select_columns(list(names)).iter_batches(batch_size=256, batch_format="numpy"))
+    """Named columns of a Dataset (or a worker's DataIterator shard) as numpy arrays on the caller."""
+    if hasattr(ds, "select_columns"):
+        ds = ds.select_columns(list(names))
+    parts = list(ds.iter_batches(batch_size=256, batch_format="numpy"))
     return {n: np.concatenate([p[n] for p in parts]) if parts else np.zeros(0) for n in names}
 
 
@@ -128,8 +136,8 @@ def network_loop(config: dict) -> None:
             if rank == 0:
                 with open(os.path.join(tmp, "model.pt"), "wb") as f:
                     f.write(state_dict_bytes(model))
-                meta = {"history": [h["loss"] for h in history], "epochs": history, "ct_history": ct_losses,
-                        "ct_sources": config.get("ct_sources", {}), **clf.extra_config()}
+                meta = {**clf.extra_config(), "history": [h["loss"] for h in history], "epochs": history,
+                        "ct_history": ct_losses, "ct_sources": config.get("ct_sources", {})}
                 with open(os.path.join(tmp, "meta.json"), "w") as f:
                     json.dump(meta, f)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from lungdr.errors import LungdrError
+from lungdr.errors import EmptyInputError, LungdrError
 
 _HOST = "127.0.0.1"
 
@@ -208,12 +208,62 @@ class LocalCluster:
 
 
 def submit_job(cluster: LocalCluster, entrypoint: list[str], working_dir: str | Path,
-               timeout_s: float = 600.0) -> subprocess.CompletedProcess:
-    """``ray job submit`` (blocking) of ``entrypoint`` with ``working_dir`` uploaded; stdout has the job's log."""
+               timeout_s: float = 600.0, submission_id: str | None = None) -> subprocess.CompletedProcess:
+    """``ray job submit`` (blocking) of ``entrypoint`` with ``working_dir`` uploaded; stdout has the job's log.
+    ``submission_id`` names the job (for ``job_task_nodes``); Ray picks one when it is None."""
     runtime_env = {"excludes": [".git", ".venv", "tests", "benchmarks", "*.parquet"]}
     args = [ray_executable(), "job", "submit", "--address", cluster.dashboard_url,
-            "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=cluster_env())
+            "--working-dir", str(working_dir), "--runtime-env-json", json.dumps(runtime_env)]
+    args += ["--submission-id", submission_id] if submission_id else []
+    return subprocess.run(args + ["--", *entrypoint], capture_output=True, text=True, timeout=timeout_s,
+                          env=cluster_env())
+
+
+# Ray Data work: map tasks ("MapBatches(ingest_batch)") and actor-pool calls ("MapWorker(MapBatches(X)).submit"),
+# not actor start-up or Ray Data's own bookkeeping actors.
+DATA_WORK = r"MapBatches\([^()]*\)|MapWorker\(MapBatches\([^()]*\)\)\.submit"
+
+
+def job_task_nodes(cluster: LocalCluster, submission_id: str, pattern: str = DATA_WORK,
+                   settle_s: float = 15.0) -> dict[str, int]:
+    """``{node_id: finished tasks}`` of the submitted job whose task name fully matches ``pattern``, from Ray's
+    state API (task events reach it a moment after the job ends: polled until two reads agree)."""
+    import re
+
+    from ray.util.state import get_job, list_tasks  # the job's cluster, over its dashboard; lazy: Ray-free import
+
+    job_id = get_job(submission_id, address=cluster.dashboard_url).job_id
+    regex, last, deadline = re.compile(pattern), None, time.monotonic() + settle_s
+    while True:
+        tasks = list_tasks(address=cluster.dashboard_url, filters=[("job_id", "=", job_id)], limit=10_000,
+                           detail=True, raise_on_missing_output=False)
+        counts: dict[str, int] = {}
+        for t in tasks:
+            if t.state == "FINISHED" and t.node_id and regex.fullmatch(t.name or ""):
+                counts[t.node_id] = counts.get(t.node_id, 0) + 1
+        if counts == last or time.monotonic() > deadline:
+            return counts
+        last = counts
+        time.sleep(1.0)
+
+
+def image_tree(dst: str | Path, n: int, src: str | Path | None = None) -> list[str]:
+    """``n`` real images copied from ``src`` (default: the packaged sample's ``images/``), cycled into
+    ``dst/batchK/`` folders; returns their ids (relative paths without extension), for cluster jobs."""
+    if src is None:
+        from lungdr.sample import sample_dir
+
+        src = sample_dir() / "images"
+    files = sorted(p for p in Path(src).iterdir() if p.is_file())
+    if not files:
+        raise EmptyInputError(f"no images in {src}")
+    ids = []
+    for i in range(n):
+        f, batch = files[i % len(files)], Path(dst) / f"batch{i // len(files)}"
+        batch.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, batch / f.name)
+        ids.append(f"{batch.name}/{f.stem}")
+    return ids
 
 
 def last_json(text: str) -> dict | None:

@@ -90,15 +90,22 @@ def test_irsa_service_account(repo, find_secrets):
     assert find_secrets(yaml.safe_dump(sa)) == []
 
 
-def test_serve_configs_validate_and_agree(repo, find_secrets):
-    vm = yaml.safe_load((repo / "infra" / "serve_config.yaml").read_text())
-    k8s = yaml.safe_load(_load(repo, "rayservice.yaml")["spec"]["serveConfigV2"])
-    for cfg in (vm, k8s):
-        app = _serve_schema(cfg).applications[0]
-        assert app.import_path == "lungdr.scale.serve:build_app"
-        assert app.args["bundle_uri"].startswith("s3://")
-    assert vm == k8s
-    assert find_secrets((repo / "infra" / "serve_config.yaml").read_text()) == []
+def test_one_serve_config_used_by_kubernetes(repo, find_secrets):
+    """ray_jobs/serve_config.yaml is the only Serve config; the RayService embeds exactly it, and its pods get
+    the API token variable the app's token_env names from a Secret."""
+    assert not (repo / "infra" / "serve_config.yaml").exists(), "keep one Serve config: ray_jobs/serve_config.yaml"
+    path = repo / "ray_jobs" / "serve_config.yaml"
+    single = yaml.safe_load(path.read_text())
+    doc = _load(repo, "rayservice.yaml")
+    k8s = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    app = _serve_schema(k8s).applications[0]
+    assert app.import_path == "lungdr.scale.serve:build_app" and app.args["bundle_uri"].startswith("s3://")
+    assert k8s == single
+    for group, g in _pods(doc["spec"]["rayClusterConfig"]):
+        for c in g["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in c["env"]}
+            assert "secretKeyRef" in env[app.args["token_env"]]["valueFrom"], group
+    assert find_secrets(path.read_text()) == []
 
 
 def test_serve_schema_rejects_a_bad_config():

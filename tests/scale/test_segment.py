@@ -63,4 +63,5 @@ def test_segment_corpus_writes_masks_and_summary(ray_session, archive, bundle, t
     assert summary["rows"] == 6 and summary["errors"] == 2
     table = pd.read_parquet(out / "summary")
     assert sorted(table["id"]) == ["empty", "notes", "p0", "p1", "p2", "p3"]
+    assert sorted(table.loc[table["error"] != "", "id"]) == ["empty", "notes"]
     assert sorted(p.stem for p in (out / "masks").glob("*.png")) == sorted(truth)

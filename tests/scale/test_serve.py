@@ -30,10 +30,8 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    from lungdr.testing.bundles import tiny_bundle
-
-    return str(tiny_bundle(tmp_path_factory.mktemp("serve-bundle")))
+def bundle(tiny_bundle_dir):
+    return str(tiny_bundle_dir)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,11 @@
+"""Ray job: ``ray job submit --working-dir . -- python ray_jobs/train.py --data s3://... --out s3://...``."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the working dir's lungdr/
+
+from lungdr.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))

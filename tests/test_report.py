@@ -1,0 +1,92 @@
+"""End to end without Ray: tiny classifiers -> finish_bundle (with a real, untrained U-Net segmenter bundle)
+-> ``lungdr evaluate`` -> metrics.json, predictions.csv, report.html."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from lungdr.bundle import open_bundle
+from lungdr.cli import main
+from lungdr.config import (CNN3DConfig, FusionConfig, LungdrConfig, PreprocessConfig, SegmenterConfig, SVMConfig,
+                           TransferConfig)
+from lungdr.models.card import finish_bundle
+from lungdr.models.cnn3d import CNN3D
+from lungdr.models.svm import GaborSVM
+from lungdr.models.transfer import InceptionTransfer
+from lungdr.report import confusion_svg, render, roc_svg
+from lungdr.synthetic import make_dr_phantom, write_dr_corpus
+
+SIZE = 48
+
+
+def arrays(n, seed):
+    rng = np.random.default_rng(seed)
+    pairs = [make_dr_phantom(SIZE, bool(k % 2), rng) for k in range(n)]
+    return {"image": np.stack([p[0] for p in pairs]), "mask": np.stack([p[1] for p in pairs]),
+            "label": np.arange(n) % 2}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from lungdr.segmentation.segmenter import Segmenter
+    from lungdr.segmentation.training import write_segmenter_bundle
+
+    root = tmp_path_factory.mktemp("b")
+    pre = PreprocessConfig(size=SIZE)
+    seg = Segmenter(cfg=SegmenterConfig(size=SIZE, base=4), preprocess=pre, device="cpu", seed=0)
+    write_segmenter_bundle(str(root / "seg"), seg, {"val_dice": None}, {"note": "untrained, for tests"})
+    cfg = LungdrConfig(preprocess=pre, fusion=FusionConfig(ood_quantile=0.95))
+    train, val = arrays(16, 1), arrays(10, 2)
+    fit = (train["image"], train["mask"], train["label"])
+    classifiers = {
+        "svm": GaborSVM(SVMConfig(feature_size=SIZE, cv_folds=3)).fit(*fit),
+        "transfer": InceptionTransfer(TransferConfig(input_size=75, weights="none", freeze_first=15,
+                                                     finetune_last=1, epochs=1, augment=False)).fit(*fit),
+        "cnn3d": CNN3D(CNN3DConfig(depth=3, size=24, epochs=1)).fit(*fit),
+    }
+    summary = finish_bundle(str(root / "full"), classifiers, train, val, cfg, {"corpus": "phantoms"},
+                            segmenter=str(root / "seg"))
+    return root, summary
+
+
+def test_full_bundle_layout(bundle):
+    root, summary = bundle
+    b = open_bundle(str(root / "full"))
+    assert b.manifest["kind"] == "lungdr" and b.model_version == summary["model_version"]
+    for rel in ("segmenter/unet.pt", "classifiers/svm/model.joblib", "classifiers/transfer/model.pt",
+                "classifiers/cnn3d/model.pt", "fusion.json", "ood/ood.npz", "ood/ood.json", "MODEL_CARD.md"):
+        assert b.has(rel), rel
+    assert b.manifest["preprocess"]["size"] == SIZE
+
+
+def test_evaluate_writes_metrics_predictions_and_report(bundle, tmp_path):
+    root, _ = bundle
+    write_dr_corpus(str(tmp_path / "eval"), n=6, size=SIZE, seed=9)
+    (tmp_path / "eval" / "images" / "synthetic-dr-00005.png").write_bytes(b"not a png")
+    assert main(["evaluate", "--data", str(tmp_path / "eval"), "--bundle", str(root / "full"),
+                 "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert set(metrics) == {"svm", "transfer", "cnn3d", "fusion"}
+    assert metrics["svm"]["n"] == 5 and metrics["fusion"]["unreadable"] == 1
+    f = metrics["fusion"]
+    assert f["needs_review"] + round(f["coverage"] * 5) == 5
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert len(rows) == 6 and {"id", "true_label", "label", "p_abnormal", "svm_vote", "cnn3d_p", "needs_review",
+                               "review_reason"} <= set(rows[0])
+    bad = [r for r in rows if r["id"] == "synthetic-dr-00005"][0]
+    assert bad["error"].startswith("undecodable") or bad["error"].startswith("unsupported")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "not tuberculosis" in page and "<svg" in page and "data:image/png;base64," in page
+
+
+def test_report_pieces_render_real_numbers():
+    y = np.array([0, 0, 1, 1])
+    svg = roc_svg({"svm": {"fpr": [0, 0, 1], "tpr": [0, 1, 1]}, "fusion": None})
+    assert "polyline" in svg and "svm" in svg and "fusion" not in svg
+    cm = confusion_svg({"tn": 3, "fp": 1, "fn": 0, "tp": 4}, "svm")
+    assert ">3<" in cm and ">4<" in cm
+    page = render({"svm": {"accuracy": 0.75, "auc": 1.0, "sensitivity": 1.0, "specificity": 0.5, "n": 4,
+                           "tn": 1, "fp": 1, "fn": 0, "tp": 2}}, y, {"svm": np.array([0.1, 0.6, 0.7, 0.9])}, [])
+    assert "0.750" in page and "pneumonia" in page
