@@ -87,10 +87,10 @@ def step_classifiers(data: str, size: int, out_dir: Path, segmenter: str) -> dic
 
 
 def step_evaluate(data: str, bundle: str, out_dir: Path) -> dict:
-    from lungdr.evaluate import evaluate_corpus
+    from lungdr.report import evaluate_corpus
 
-    report = evaluate_corpus(data, bundle, str(out_dir / "evaluation"))
-    metrics = report["metrics"]
+    metrics = evaluate_corpus(data, bundle, str(out_dir / "evaluation"))
+    report = {"metrics": metrics, "report": str(out_dir / "evaluation" / "report.html")}
     _say("evaluation on the sample (the models saw most of these images: a smoke check, not a result; "
          "abnormal = pneumonia, not TB):")
     print(f"    {'model':<9} {'accuracy':>8} {'auc':>6} {'sens':>6} {'spec':>6} {'n':>3}")
@@ -114,12 +114,25 @@ def step_score(data: str, bundle: str, out_dir: Path) -> dict:
     return summary
 
 
+def quiet_ray_data() -> None:
+    """The demo prints its own summary lines; keep Ray Data's per-operator progress logs out of them."""
+    import logging
+
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
 def run_demo(out: str = "lungdr-demo", size: int = 128, address: str | None = None) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = str(sample_dir())
     _say(f"packaged sample: {data} (real Kermany paediatric X-rays; abnormal = pneumonia, not TB)")
-    resources = init_ray(address=address)
+    resources = init_ray(address=address, log_to_driver=False)  # workers' logs stay in /tmp/ray; we print a summary
+    quiet_ray_data()
     _say(f"Ray resources: {json.dumps({k: v for k, v in resources.items() if k in ('CPU', 'GPU')})}")
     results = {"ingest": step_ingest(data, size)}
     results["segmenter"] = step_segmenter(data, size, out_dir)
@@ -128,4 +141,5 @@ def run_demo(out: str = "lungdr-demo", size: int = 128, address: str | None = No
     results["score"] = step_score(data, results["classifiers"]["bundle"], out_dir)
     (out_dir / "demo_summary.json").write_text(json.dumps(results, indent=2))
     _say(f"summary written to {out_dir / 'demo_summary.json'}")
+    _say(f"open the evaluation report: {Path(results['evaluation']['report']).resolve()}")
     return results

@@ -14,16 +14,16 @@ def local_env_defaults() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> dict:
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True, **kwargs) -> dict:
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a local Ray. Idempotent."""
     address = address or os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return ray.cluster_resources()
     if address:
-        ray.init(address=address, log_to_driver=True, **kwargs)
+        ray.init(address=address, log_to_driver=log_to_driver, **kwargs)
     else:
         local_env_defaults()
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, **kwargs)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver, **kwargs)
     return ray.cluster_resources()
 
 

@@ -280,7 +280,11 @@ def train_classifiers(data: str, out: str, cfg: LungdrConfig | None = None, ct: 
         classifiers["svm"] = classifier_class("svm").load(os.path.join(tmp, "svm"))
     for name in NETWORKS:
         classifiers[name], extras[name] = _load_network(name, sub[name], outcomes[name])
-    train = columns(train_ds, "image", "mask", "label")
+    from lungdr.models.card import OOD_TRAIN_SAMPLES
+
+    fraction = min(1.0, 1.5 * OOD_TRAIN_SAMPLES / max(train_ds.count(), 1))  # the driver sees a sample only
+    sample = train_ds if fraction >= 1 else train_ds.random_sample(fraction, seed=seed)
+    train = columns(sample.limit(OOD_TRAIN_SAMPLES), "image", "mask", "label")
     val = columns(val_ds, "image", "mask", "label")
     desc.update(ct=ct_desc or None, preprocess=to_dict(pre))
     summary = finish_bundle(out, classifiers, train, val, cfg, desc, segmenter=segmenter, seed=seed)

@@ -156,7 +156,9 @@ def _mask_rows(uri: str, items: list, pre: PreprocessConfig):
     from lungdr.scale.data import ingest
 
     ds = ingest(uri, cfg=pre, masks=True, items=items)
-    return ds.filter(_no_error).select_columns(["image", "mask"])
+    # Decoded once into the object store (segmentation corpora with human masks are thousands of images, not
+    # millions); every epoch then streams from memory instead of re-reading and re-decoding the files.
+    return ds.filter(_no_error).select_columns(["image", "mask"]).materialize()
 
 
 def _no_error(row: dict) -> bool:

@@ -39,25 +39,30 @@ def tiny_classifiers(seed: int = 0) -> dict:
 
 def tiny_bundle(out_dir: str | Path, seed: int = 0, n: int = 40) -> str:
     """Train and write the tiny bundle to ``out_dir``; returns its path."""
-    from lungdr.assemble import fit_fusion, write_full_bundle
-    from lungdr.segmentation.training import fit_local
+    import tempfile
+
+    from lungdr.config import LungdrConfig
+    from lungdr.models.card import finish_bundle
+    from lungdr.segmentation.training import fit_local, write_segmenter_bundle
     from lungdr.transforms import Preprocess
 
     pre_cfg = PreprocessConfig(size=SIZE)
     raw, truth, y = phantom_set(n, SIZE, seed)
     pre = Preprocess(pre_cfg)
     x = np.stack([pre(img)[0] for img in raw])
-    n_train = int(n * 0.7)
+    k = int(n * 0.7)
     seg_cfg = SegmenterConfig(size=SIZE, base=8, epochs=8, batch_size=4, seed=seed)
-    segmenter, history = fit_local((x[:n_train], truth[:n_train]), (x[n_train:], truth[n_train:]), seg_cfg, pre_cfg)
+    segmenter, history = fit_local((x[:k], truth[:k]), (x[k:], truth[k:]), seg_cfg, pre_cfg)
     masks = np.stack([segmenter.masks_from_probabilities(p) for p in segmenter.probabilities(x)])
     classifiers = tiny_classifiers(seed)
     for clf in classifiers.values():
-        clf.fit(list(x[:n_train]), list(masks[:n_train]), y[:n_train])
-    train = (list(x[:n_train]), list(masks[:n_train]), y[:n_train])
-    val = (list(x[n_train:]), list(masks[n_train:]), y[n_train:])
-    fusion, guard, metrics = fit_fusion(classifiers, train, val)
-    metrics["segmenter"] = {"val_dice": history[-1]["val_dice"]}
+        clf.fit(list(x[:k]), list(masks[:k]), y[:k])
     data = {"source": "synthetic DR phantoms (lungdr.synthetic)", "images": n, "size": SIZE,
             "note": "tiny test bundle; not a model for use"}
-    return write_full_bundle(str(out_dir), segmenter, classifiers, fusion, guard, data, metrics)
+    with tempfile.TemporaryDirectory(prefix="lungdr-tiny-seg-") as tmp:
+        seg_uri = write_segmenter_bundle(str(Path(tmp) / "segmenter"), segmenter,
+                                         {"val_dice": history[-1]["val_dice"]}, data)
+        finish_bundle(str(out_dir), classifiers, {"image": x[:k], "mask": masks[:k], "label": y[:k]},
+                      {"image": x[k:], "mask": masks[k:], "label": y[k:]}, LungdrConfig(), data,
+                      segmenter=seg_uri, seed=seed)
+    return str(out_dir)
