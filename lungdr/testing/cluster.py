@@ -65,7 +65,7 @@ class LocalCluster:
     """Head + ``workers`` nodes; ``address`` (GCS host:port) and ``dashboard_url`` (jobs API)."""
 
     def __init__(self, workers: int = 1, head_cpus: int = 1, worker_cpus: int = 1,
-                 object_store_mb: int = 100, start_timeout_s: float = 90.0):
+                 object_store_mb: int = 100, start_timeout_s: float = 240.0):
         self.workers = workers
         self.head_cpus, self.worker_cpus = head_cpus, worker_cpus
         self.object_store_bytes = object_store_mb * 1024 * 1024

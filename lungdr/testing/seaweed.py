@@ -103,7 +103,7 @@ class SeaweedServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with code {self.proc.returncode}: {self._log_tail()}")
             try:
-                client = self.client()
+                client = self.client(attempts=2)
                 self.make_bucket("lungdr-ready")
                 client.put_object(Bucket="lungdr-ready", Key="probe", Body=b"ok")
                 client.delete_object(Bucket="lungdr-ready", Key="probe")
@@ -128,11 +128,14 @@ class SeaweedServer:
             "AWS_DEFAULT_REGION": REGION,
         }
 
-    def client(self):
+    def client(self, attempts: int = 8):
+        """A boto3 client for this server. SeaweedFS answers InternalError while it grows the volumes of a new
+        bucket, so data calls retry with back-off (the readiness probe asks for fewer attempts)."""
         import boto3
         from botocore.config import Config
 
-        config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}, connect_timeout=2, read_timeout=10,
+        config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": attempts, "mode": "standard"},
+                        connect_timeout=2, read_timeout=10,
                         request_checksum_calculation="when_required", response_checksum_validation="when_required")  # fmt: skip
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=SECRET_KEY, region_name=REGION, config=config)  # fmt: skip
