@@ -90,7 +90,8 @@ def fit_svm_task(features_ds, cfg: dict, storage: str | None) -> dict:
 # ---------------------------------------------------------------- C2 / C3: Ray Train workers
 
 def _shard_batches(shard, batch_size: int, augment=None, rng=None):
-    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * batch_size):
+    buffer = max(1024, 8 * batch_size)  # wide enough that a batch mixes classes whatever the stored order
+    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=buffer):
         x = b["x"].astype(np.float32)
         if len(x) < 2:
             continue  # BatchNorm cannot train on one sample
@@ -188,7 +189,10 @@ def prepare_data(data: str, pre: PreprocessConfig, segmenter: str | None, val_fr
     from lungdr.io import load_corpus, patient_split
     from lungdr.scale.data import ingest
 
-    items = [i for i in load_corpus(data) if i.label is not None][:limit]
+    items = [i for i in load_corpus(data) if i.label is not None]
+    # Corpora are often listed class by class: shuffle (seeded) so --limit keeps both classes and the
+    # materialised training rows are not one long run of a single label.
+    items = [items[k] for k in np.random.default_rng(seed).permutation(len(items))][:limit]
     if len({i.label for i in items}) < 2:
         raise EmptyInputError(f"{data}: training needs labelled normal and abnormal images")
     train_items, val_items = patient_split(items, val_fraction, seed)

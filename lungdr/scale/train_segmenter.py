@@ -206,7 +206,7 @@ def train_segmenter(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"segmenter": to_dict(cfg), "augment": to_dict(augment) if augment else None, "attempt": attempt,
-                           "resume_from": resume_from, "shuffle_buffer": max(2 * cfg.batch_size, 16)},
+                           "resume_from": resume_from, "shuffle_buffer": max(8 * cfg.batch_size, 256)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run, storage_path=path, storage_filesystem=fs,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),

@@ -32,6 +32,10 @@ from lungdr.errors import EmptyInputError, LungdrError
 
 _HOST = "127.0.0.1"
 
+# Loopback calls never go through a proxy: urllib's global opener caches HTTP(S)_PROXY the first time any code
+# in the process calls urlopen (torch hub does), which would send the dashboard query to that proxy.
+_LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 class ClusterStartError(LungdrError):
     code = "cluster_start"
@@ -149,7 +153,7 @@ class LocalCluster:
         """The cluster's live nodes from the dashboard's state API ([] while it is not up)."""
         url = f"{self.dashboard_url}/api/v0/nodes?limit=100&detail=true"
         try:
-            with urllib.request.urlopen(url, timeout=3) as r:
+            with _LOCAL_OPENER.open(url, timeout=3) as r:
                 data = json.loads(r.read())
         except (OSError, ValueError):
             return []

@@ -79,7 +79,7 @@ class SeaweedServer:
             f"-s3.port.grpc={s3_grpc}", f"-master.port.grpc={master_grpc}",
             f"-volume.port.grpc={volume_grpc}", f"-filer.port.grpc={filer_grpc}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64", "-volume.max=32", "-volume.preStopSeconds=0",
+            "-master.volumeSizeLimitMB=32", "-volume.max=400", "-volume.preStopSeconds=0",  # each bucket grows 7 volumes
         ]  # fmt: skip
         self.log_path = Path(self.dir) / "weed.log"
         log = open(self.log_path, "wb")
