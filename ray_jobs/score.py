@@ -7,7 +7,10 @@
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the working dir's lungdr/
+try:  # an installed lungdr (cluster image, pip install) wins: one copy, never two mixed
+    import lungdr  # noqa: F401
+except ImportError:  # else the uploaded --working-dir copy
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from lungdr.cli import main  # noqa: E402
 
