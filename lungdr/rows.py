@@ -17,9 +17,6 @@ from lungdr.errors import reason_of
 from lungdr.io import decode, read_bytes
 from lungdr.transforms import Preprocess, letterbox
 
-ROW_KEYS = ("id", "uri", "label", "patient", "image", "mask", "letterbox", "meta", "error")
-
-
 def item_row(item) -> dict:
     """A CorpusItem (or dict) as the plain row that starts a pipeline."""
     get = item.get if isinstance(item, dict) else lambda k, d=None: getattr(item, k, d)

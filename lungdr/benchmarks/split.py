@@ -1,6 +1,6 @@
 """Patient-disjoint held-out split of a labelled corpus, as two corpus folders of symlinks (no copies).
 
-    python -m lungdr.benchmarks.split ../shared/data/kermany_cls runs/kermany --test-fraction 0.2
+    python -m lungdr.benchmarks.split /data/kermany_cls runs/kermany --test-fraction 0.2
 
 writes ``runs/kermany/dev`` and ``runs/kermany/test`` (each ``images/`` + ``labels.csv``) so training never sees
 a test patient and ``lungdr evaluate`` reports on patients the bundle has never met.

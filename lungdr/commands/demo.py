@@ -1,4 +1,4 @@
-"""``lungdr demo``: the whole loop on the packaged real sample, on a local Ray, no ../shared needed."""
+"""``lungdr demo``: the whole loop on the packaged real sample, on a local Ray; needs no data outside the package."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import ray
 
-from lungdr.config import PreprocessConfig, to_dict
+from lungdr.config import PreprocessConfig, from_dict, to_dict
 from lungdr.io import load_corpus
 from lungdr.rows import Ingest, item_row, stack_rows, unstack_batch
 
@@ -30,7 +30,7 @@ def corpus_dataset(uri: str, limit: int | None = None, items=None) -> ray.data.D
 
 def ingest_batch(batch: dict, cfg: dict, masks: bool = False) -> dict:
     """Ray Data UDF: decode + preprocess a batch of corpus rows (never raises for a bad file)."""
-    ingest = Ingest(PreprocessConfig(**_tuples(cfg)), masks=masks)
+    ingest = Ingest(from_dict(PreprocessConfig, cfg), masks=masks)
     out = stack_rows([ingest(row) for row in unstack_batch(batch)])
     out["node"] = np.array([ray.get_runtime_context().get_node_id()] * len(out["id"]), dtype=object)
     return out
@@ -59,10 +59,6 @@ def ingest(
         concurrency=concurrency,  # max concurrent tasks; None = Ray Data decides
         **ray_remote_args,  # e.g. runtime_env
     )
-
-
-def _tuples(d: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def summarize(ds: ray.data.Dataset, output: str | None = None) -> dict:
