@@ -8,10 +8,12 @@ OUT=${1:-runs}
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0
 mkdir -p "$OUT"
 
-# 1. Lung-field U-Net, 256 px, patient-disjoint validation split inside train-segmenter.
+# 1. Lung-field U-Net, 256 px, patient-disjoint validation split inside train-segmenter (settings in the YAML);
+#    then the baselines and the domain-shift stress suite on the validation patients.
 time lungdr train-segmenter --local --data "$DATA/kermany_v7" --out "$OUT/seg-kermany256" \
-  --size 256 --base 16 --epochs 18 --batch-size 8
-lungdr eval-segmentation --data "$DATA/kermany_v7" --bundle "$OUT/seg-kermany256" --out "$OUT/seg-eval" --val-only
+  --config benchmarks/segmenter_kermany.yaml
+lungdr eval-segmentation --data "$DATA/kermany_v7" --bundle "$OUT/seg-kermany256" --out "$OUT/seg-eval" --val-only \
+  --stress
 
 # 2. Held-out test patients (20 %), then the classifiers on the rest (their own 20 % validation split fits the fusion).
 python -m lungdr.benchmarks.split "$DATA/kermany_cls" "$OUT/kermany" --test-fraction 0.2

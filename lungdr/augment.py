@@ -3,7 +3,8 @@
 Geometry (one random affine — translation, rotation, scale with aspect change, optional crop resized
 back — followed by a smooth elastic deformation) is composed into ONE sampling grid and applied
 identically to the image (linear) and its mask (nearest, so it stays 0/1); the image is therefore
-interpolated once, not twice. Photometric changes (gamma, contrast, noise) touch the image only.
+interpolated once, not twice; pixels pulled from outside get a grey level drawn from ``fill``. Photometric changes
+(gamma, contrast, noise) and optional bright collimator bands (``p_border``) touch the image only.
 Every random draw comes from the caller's ``numpy.random.Generator``: same seed, same output.
 """
 
@@ -99,6 +100,27 @@ def apply_field(arr: np.ndarray, field: np.ndarray | None = None, interpolation:
     return out.astype(arr.dtype, copy=False)
 
 
+def shutter_bands(image: np.ndarray, mask: np.ndarray | None, cfg: AugmentConfig,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Bright, unexposed collimator bands (grey 0.6-1.0) on 1-3 random sides, each up to ``cfg.border_width`` of
+    the side but never over the mask's bounding box (image only; the mask is unchanged)."""
+    h, w = image.shape
+    sides = rng.permutation(4)[: rng.integers(1, 4)]
+    widths = rng.uniform(0.02, max(cfg.border_width, 0.02), size=4)
+    level = rng.uniform(0.6, 1.0)
+    if mask is not None and mask.any():
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        room = (rows[0], h - 1 - rows[-1], cols[0], w - 1 - cols[-1])  # top, bottom, left, right
+    else:
+        room = (h, h, w, w)
+    out = image.copy()
+    for side in sides:
+        band = int(min(widths[side] * (h if side < 2 else w), max(room[side] - 1, 0)))
+        if band > 0:
+            out[(np.s_[:band], np.s_[h - band:], np.s_[:, :band], np.s_[:, w - band:])[side]] = level
+    return out
+
+
 def photometric(image: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """Image-only intensity changes: gamma (log-uniform in ``cfg.gamma``), contrast about the mean,
     additive Gaussian noise with a random std up to ``cfg.noise_std``; clipped to [0, 1]."""
@@ -123,7 +145,8 @@ class PairedAugment:
         self.geometric, self.photometric = geometric, photometric
         c = self.cfg
         if not (0 <= c.crop < 0.5 and 0 < c.scale[0] <= c.scale[1] and 0 < c.aspect[0] <= c.aspect[1]
-                and 0 < c.gamma[0] <= c.gamma[1] and c.noise_std >= 0):
+                and 0 < c.gamma[0] <= c.gamma[1] and c.noise_std >= 0 and 0 <= c.p_border <= 1
+                and 0 <= c.fill[0] <= c.fill[1] <= 1 and 0 <= c.border_width < 0.5):
             raise ConfigError(f"invalid augmentation settings: {c}")
 
     def draw_geometry(self, shape: tuple[int, int], rng: np.random.Generator):
@@ -149,9 +172,12 @@ class PairedAugment:
                 raise ConfigError(f"mask shape {mask.shape} != image shape {image.shape}")
         if self.geometric:
             affine, field = self.draw_geometry(image.shape, rng)
-            image = apply_field(image, field, "linear", affine)
+            fill = rng.uniform(*self.cfg.fill) if self.cfg.fill[1] > 0 else 0.0
+            image = apply_field(image, field, "linear", affine, fill=fill)
             if mask is not None:
                 mask = apply_field(mask, field, "nearest", affine)
+        if self.cfg.p_border > 0 and rng.random() < self.cfg.p_border:
+            image = shutter_bands(image, mask, self.cfg, rng)
         if self.photometric:
             image = photometric(image, self.cfg, rng)
         return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False), mask

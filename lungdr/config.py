@@ -39,6 +39,9 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.6, 1.6)  # image only
     contrast: tuple[float, float] = (0.6, 1.4)  # image only
     noise_std: float = 0.02  # image only
+    p_border: float = 0.0  # probability of bright collimator-like bands on 1-3 sides (image only, off the lungs)
+    border_width: float = 0.12  # widest band, fraction of the side
+    fill: tuple[float, float] = (0.0, 0.0)  # grey level drawn for pixels the geometry pulls from outside the image
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class SegmenterConfig:
     threshold: float = 0.5
     pseudo_label_min_quality: float = 0.6
     lr_schedule: str = "cosine"  # "cosine" (to ~0 over the epochs) | "constant"
+    ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights (e.g. 0.995)
+    tta_scales: tuple[float, ...] = ()  # test-time zooms averaged with the plain pass (e.g. (0.9, 1.1)); () = off
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class SVMConfig:
     orientations: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)
     scales: tuple[int, ...] = (7, 9, 11, 13, 15, 17)
     feature_size: int = 128  # image side the Gabor bank runs on
+    regional: bool = True  # also pool per lung zone (left/right x upper/middle/lower), not only the whole field
+    hist_bins: int = 16  # > 0: append the lung-intensity histogram with this many bins
     C: tuple[float, ...] = (1.0, 10.0, 100.0)
     gamma: tuple[str | float, ...] = ("scale",)
     pca: tuple[float, ...] = (0.95,)  # fraction of variance (float < 1) or component count
@@ -123,16 +130,18 @@ class ServeConfig:
     port: int = 8000
     max_upload_mb: float = 32.0
     token_env: str | None = None
-    replicas: int = 1  # per model deployment (the minimum when autoscaling)
-    max_replicas: int = 0  # > replicas: autoscale each model deployment between the two
+    replicas: int = 1  # per pipeline and model deployment (the minimum when autoscaling)
+    max_replicas: int = 0  # > replicas: autoscale the pipeline and each model deployment between the two
     target_ongoing_requests: float = 8.0  # autoscaling target per model replica
     ingress_replicas: int = 1
     max_ongoing_requests: int = 64  # per replica; must be >= max_batch_size for batches to fill
-    max_batch_size: int = 8
-    batch_wait_timeout_s: float = 0.003  # paid by a lone request at each batched stage (two in a row)
-    num_cpus: float = 0.0  # per model replica (0 lets it share the node's CPUs)
-    num_gpus: float = 0.0  # per model replica; > 0 runs the models on CUDA
-    model_retry_s: float = 20.0  # the ingress retries a model call this long while a dead replica is replaced
+    max_batch_size: int = 8  # requests per pipeline batch; images per model batch
+    batch_wait_timeout_s: float = 0.0  # an idle stage waits this for company (three stages in a row)
+    adaptive_wait: bool = True  # while a batch runs, the next one collects until it is expected to end
+    access_log: bool = True  # Serve's per-request access log of the ingress (internal hops never log)
+    num_cpus: float = 0.0  # per pipeline / model replica (0 lets it share the node's CPUs)
+    num_gpus: float = 0.0  # per pipeline / model replica; > 0 runs the models on CUDA
+    model_retry_s: float = 20.0  # a deployment call is retried this long while a dead replica is replaced
 
 
 @dataclass(frozen=True)

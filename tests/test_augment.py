@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -92,3 +93,34 @@ def test_bad_input(pair):
         PairedAugment()(img, mask[:-1], np.random.default_rng(0))
     with pytest.raises(ConfigError):
         PairedAugment(AugmentConfig(scale=(1.2, 0.8)))
+
+
+def test_collimator_bands_are_bright_image_only_and_off_the_lungs(pair):
+    img, mask = pair
+    cfg = AugmentConfig(p_border=1.0, border_width=0.3)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    painted_any = False
+    for seed in range(6):
+        out, m = PairedAugment(cfg, geometric=False, photometric=False)(img, mask, np.random.default_rng(seed))
+        assert np.array_equal(m, mask)
+        changed = np.abs(out - img) > 1e-6
+        inside = np.zeros_like(mask, bool)
+        inside[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
+        assert not (changed & inside).any()  # never over the lungs' bounding box
+        if changed.any():
+            painted_any = True
+            assert out[changed].min() >= 0.6  # bright, unexposed film
+    assert painted_any
+
+
+def test_out_of_frame_fill_level(pair):
+    img, mask = pair
+    shrink = AugmentConfig(translate=0.0, rotate_deg=0.0, scale=(0.5, 0.5), aspect=(1, 1), p_crop=0.0, p_elastic=0.0,
+                           fill=(0.7, 0.7))
+    out, m = PairedAugment(shrink, photometric=False)(img, mask, np.random.default_rng(0))
+    assert np.isclose(out[0, 0], 0.7) and np.isclose(out[-1, -1], 0.7)
+    assert m[0, 0] == 0 and 0 < m.sum() < mask.sum()  # the mask shrank with the image, its border stays empty
+    black = PairedAugment(replace(shrink, fill=(0.0, 0.0)), photometric=False)(img, mask, np.random.default_rng(0))[0]
+    assert black[0, 0] == 0.0
+    with pytest.raises(ConfigError):
+        PairedAugment(AugmentConfig(fill=(0.5, 1.5)))

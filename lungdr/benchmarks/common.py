@@ -43,4 +43,8 @@ def peak_rss_mb() -> float:
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count()}
+    """Where the figures were measured: CPU count and the GPU, if any."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "gpu": gpu}

@@ -1,15 +1,52 @@
-"""U-Net lung segmentation of N images: a bare single-process loop vs the Ray Data actor-pool stage."""
+"""U-Net lung segmentation of N images: a bare single-process loop vs the Ray Data actor-pool stage.
+
+Three figures per run, all over the same images and weights:
+- ``bare``: one process reads, decodes, preprocesses and segments batch by batch (the whole per-image cost);
+- ``model``: the U-Net forward + threshold alone on already-preprocessed batches (what the accelerator does;
+  on a GPU this is where batch size, ``channels_last`` and bf16 autocast show);
+- ``ray``: Ray Data ingest → ``SegmentActor`` pool (``--workers`` actors; on ``--device cuda`` they share the
+  node's GPUs, ``num_gpus = 1 / workers`` each), start-up of the pool included; ``ray_steady`` counts from the
+  first output batch (what a long archive run sees).
+"""
 
 from __future__ import annotations
 
 import tempfile
+import time
 
 import numpy as np
 
 from lungdr.benchmarks.common import cycled_items, machine, peak_rss_mb, timer
 from lungdr.rows import Ingest
 
-BATCH = 16
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def model_throughput(seg, images: np.ndarray, batch: int, device: str, repeats: int = 3) -> float:
+    """Images/s of forward + sigmoid + threshold on preprocessed ``images``, best of ``repeats`` passes."""
+    seg.probabilities(images[:batch])  # warm-up (CUDA context, cuDNN autotune)
+    best = 0.0
+    for _ in range(repeats):
+        _sync(device)
+        with timer() as t:
+            for start in range(0, len(images), batch):
+                (seg.probabilities(images[start : start + batch]) >= seg.cfg.threshold).sum()
+            _sync(device)
+        best = max(best, len(images) / t["seconds"])
+    return best
 
 
 def run(args) -> dict:
@@ -18,6 +55,10 @@ def run(args) -> dict:
     from lungdr.scale.session import init_ray
     from lungdr.segmentation.segmenter import Segmenter
 
+    device = _device(getattr(args, "device", None))
+    batch = max(1, getattr(args, "batch_size", None) or 16)
+    runtime = {"precision": getattr(args, "precision", None) or "fp32",
+               "channels_last": bool(getattr(args, "channels_last", False))}
     with tempfile.TemporaryDirectory(prefix="lungdr-bench-") as tmp:
         bundle = args.bundle
         if bundle is None:  # real (tiny, phantom-trained) weights: throughput only, not quality
@@ -25,34 +66,54 @@ def run(args) -> dict:
 
             bundle = tiny_segmenter_bundle(f"{tmp}/seg", size=256, n=8, epochs=1)
         pre = preprocess_for(bundle)
-        seg = Segmenter.from_bundle(bundle)
+        seg = Segmenter.from_bundle(bundle, device=device, **runtime)
         items = cycled_items(args.input, args.n)
         ingest_one = Ingest(pre)
+        warm = [r for r in map(ingest_one, items[:batch]) if r["error"] is None]
+        if warm:  # warm-up: first-call library and device initialisation is not throughput
+            seg.probabilities(np.stack([r["image"] for r in warm]))
+        prepared = []
         with timer() as bare:
-            for start in range(0, len(items), BATCH):
-                rows = [ingest_one(r) for r in items[start : start + BATCH]]
+            for start in range(0, len(items), batch):
+                rows = [ingest_one(r) for r in items[start : start + batch]]
                 ok = [r for r in rows if r["error"] is None]
                 if ok:
-                    [seg.masks_from_probabilities(p) for p in seg.probabilities(np.stack([r["image"] for r in ok]))]
+                    stacked = np.stack([r["image"] for r in ok])
+                    prepared.append(stacked)
+                    [seg.masks_from_probabilities(p) for p in seg.probabilities(stacked)]
+        model_ips = model_throughput(seg, np.concatenate(prepared), batch, device)
         init_ray()
         workers = max(1, args.workers)
+        gpus = 1.0 / workers if device.startswith("cuda") else 0.0
 
         def pipeline():
-            ds = ingest(args.input or "", cfg=pre, items=items, batch_size=BATCH)
-            return segment_dataset(ds, bundle, "unet", actors=workers, batch_size=BATCH).materialize()
+            ds = ingest(args.input or "", cfg=pre, items=items, batch_size=batch)
+            return segment_dataset(ds, bundle, "unet", actors=workers, batch_size=batch, num_gpus=gpus, **runtime)
 
-        pipeline()  # warm-up: actor start-up and model loading are not throughput
-        with timer() as ray_t:
-            n_out = pipeline().count()
+        pipeline().materialize()  # warm-up: workers, imports, caches
+        n_out, first = 0, None
+        with timer() as ray_t:  # a new run starts its own actors: start-up (model load, CUDA init) is included
+            for out in pipeline().iter_batches(batch_size=None, batch_format="numpy"):
+                n_out += len(out["id"])
+                if first is None:  # after the first batch: steady-state throughput, start-up excluded
+                    first = (time.perf_counter(), n_out)
+            end = time.perf_counter()
+    bare_ips, ray_ips = len(items) / bare["seconds"], n_out / ray_t["seconds"]
+    steady = (n_out - first[1]) / (end - first[0]) if first and n_out > first[1] and end > first[0] else None
     return {
         "benchmark": "segment",
+        "device": device,
         "n": len(items),
         "size": pre.size,
         "unet_base": seg.cfg.base,
+        "batch_size": batch,
+        **runtime,
         "actors": workers,
-        "bare_images_per_s": round(len(items) / bare["seconds"], 2),
-        "ray_images_per_s": round(n_out / ray_t["seconds"], 2),
-        "ratio_ray_over_bare": round((n_out / ray_t["seconds"]) / (len(items) / bare["seconds"]), 3),
+        "bare_images_per_s": round(bare_ips, 2),
+        "model_images_per_s": round(model_ips, 2),
+        "ray_images_per_s": round(ray_ips, 2),
+        "ray_steady_images_per_s": round(steady, 2) if steady else None,
+        "ratio_ray_over_bare": round(ray_ips / bare_ips, 3),
         "peak_rss_mb": peak_rss_mb(),
         **machine(),
     }

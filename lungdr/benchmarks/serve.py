@@ -9,6 +9,7 @@ Without ``--bundle`` a tiny bundle is trained first (figures then describe the s
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
@@ -21,7 +22,6 @@ from lungdr.testing.http_load import CONTENT_TYPES, Client, latency_summary, run
 
 CLIENTS = 16
 ROUNDS = 4
-STAGES = ("SegmenterDeployment", "SVMDeployment", "TransferDeployment", "CNN3DDeployment")
 
 
 def _payloads(uri: str | None, n: int) -> list[tuple[bytes, str]]:
@@ -69,12 +69,18 @@ def _throughput(clients: dict[str, Client], payloads) -> dict:
 
 
 def _batch_stats(app: str) -> dict:
+    """Per batched deployment: largest and mean batch (requests for the pipeline, images for the models) and how
+    many calls a batch merged on average."""
     from ray import serve
 
+    from lungdr.scale.serve import BATCHED_DEPLOYMENTS
+
     out = {}
-    for name in STAGES:
+    for name in BATCHED_DEPLOYMENTS:
         s = serve.get_deployment_handle(name, app_name=app).stats.remote().result(timeout_s=60)
-        out[name] = {"max_batch": s["max_batch_size_seen"], "mean_batch": round(s["items"] / max(1, s["batches"]), 2)}
+        batches = max(1, s["batches"])
+        out[name] = {"max_batch": s["max_batch_size_seen"], "mean_batch": round(s["items"] / batches, 2),
+                     "mean_calls_per_batch": round(s["calls"] / batches, 2)}
     return out
 
 
@@ -83,10 +89,11 @@ def run(args) -> dict:
     from ray import serve
 
     from lungdr.predictor import Predictor
-    from lungdr.scale.serve import start
+    from lungdr.scale.serve import set_serve_env, start
     from lungdr.scale.session import init_ray
     from lungdr.testing.cluster import free_port
 
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="lungdr-bench-serve-") as tmp:
         bundle = args.bundle
         if bundle is None:
@@ -95,7 +102,8 @@ def run(args) -> dict:
             bundle = str(tiny_bundle(tmp))
         n = max(CLIENTS * ROUNDS, int(args.n))
         payloads = _payloads(args.input, n)
-        init_ray()
+        set_serve_env()  # as `lungdr serve` does: the proxy reads them at start
+        init_ray(log_to_driver=False)  # replica logs stay in Ray's log files, not this process (the client's CPU)
         batch, port = ServeConfig().max_batch_size, free_port()
         clients = {label: Client(start({"bundle_uri": bundle, "max_batch_size": size}, port=port,
                                        name=f"bench-{label}", route_prefix=f"/{label}"))
@@ -117,11 +125,13 @@ def run(args) -> dict:
         "benchmark": "serve",
         "bundle": "given" if args.bundle else "tiny (trained for this run)",
         "n": n, "clients": CLIENTS, "rounds": ROUNDS, "max_batch_size": batch,
-        "batch_wait_timeout_s": ServeConfig().batch_wait_timeout_s, "in_process_torch_threads": 1,
+        "batch_wait_timeout_s": ServeConfig().batch_wait_timeout_s, "adaptive_wait": ServeConfig().adaptive_wait,
+        "in_process_torch_threads": 1,
         **latency,
         f"http_{CLIENTS}_clients": throughput,
         "batch_stats_cumulative": stats,
         "batching_speedup": round(on / off, 3) if off else None,
         "goals": {"http_overhead_p50_ms_max": 10.0, "batching_speedup_min": 2.0},
         **machine(),
+        "load_avg_1m_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],  # a shared machine
     }

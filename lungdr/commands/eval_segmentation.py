@@ -1,4 +1,5 @@
-"""``lungdr eval-segmentation``: Dice/IoU of the U-Net and the classical baselines against human masks."""
+"""``lungdr eval-segmentation``: Dice/IoU of the U-Net and the classical baselines against human masks, and with
+``--stress`` the same methods under the domain-shift stress suite (``stress.json``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N masked images only")
     p.add_argument("--val-only", action="store_true",
                    help="only the bundle's patient-disjoint validation split (same val_fraction and seed)")
+    p.add_argument("--stress", action="store_true",
+                   help="also run the domain-shift stress suite (lungdr.segmentation.stress) and write stress.json")
+    p.add_argument("--variants", default=None, help="comma-separated stress variants (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stress shifts")
     p.set_defaults(func=run)
 
 
@@ -34,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.bundle:
             raise ConfigError("the unet method needs --bundle (or leave it out of --methods)")
         seg = Segmenter.from_bundle(args.bundle)
+    variants = None
+    if args.stress:
+        from lungdr.segmentation.stress import check_variants
+
+        variants = check_variants([v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None)
     items = [i for i in load_corpus(args.data) if i.mask_uri]
     if args.val_only:
         from lungdr.errors import ConfigError
@@ -46,6 +56,15 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate_methods(items, methods, seg, join_uri(args.out, "overlays"), args.overlays)
     errors = metrics.pop("_errors")
     write_bytes(join_uri(args.out, "metrics.json"), json.dumps(metrics, indent=2).encode())
+    if args.stress:
+        from lungdr.segmentation.evaluation import evaluate_stress
+
+        stress = evaluate_stress(items, methods, seg, variants, args.seed,
+                                 overlay_uri=join_uri(args.out, "stress_overlays"), overlays=min(args.overlays, 2))
+        stress.pop("_errors")  # the same unreadable items as above
+        stress["_seed"] = args.seed
+        write_bytes(join_uri(args.out, "stress.json"), json.dumps(stress, indent=2).encode())
+        metrics["stress_worst"] = stress["_worst"]
     for e in errors:
         print(f"skipped {e}", file=sys.stderr)
     print(json.dumps(metrics, indent=2))

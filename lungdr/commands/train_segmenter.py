@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
+    p.add_argument("--ema-decay", type=float, default=None, help="ship an EMA of the weights (e.g. 0.995; 0 = off)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="one GPU per worker")
@@ -42,7 +43,8 @@ def settings(args: argparse.Namespace):
 
     conf = load_config(args.config)
     cfg = with_overrides(conf.segmenter, size=args.size, epochs=args.epochs, base=args.base,
-                         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer)
+                         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                         ema_decay=args.ema_decay)
     pre = replace(conf.preprocess, size=cfg.size)
     return cfg, pre, None if args.no_augment else conf.augment
 

@@ -23,7 +23,7 @@ class SegmentActor:
     """Callable class for ``ds.map_batches(SegmentActor, compute=ActorPoolStrategy(...))``."""
 
     def __init__(self, bundle: str | None = None, method: str = "unet", device: str | None = None,
-                 masks_uri: str | None = None):
+                 masks_uri: str | None = None, precision: str = "fp32", channels_last: bool = False):
         if method not in METHODS:
             raise ConfigError(f"unknown segmentation method {method!r} (one of {', '.join(METHODS)})")
         if method == "unet" and not bundle:
@@ -32,7 +32,7 @@ class SegmentActor:
         if method == "unet":
             from lungdr.segmentation.segmenter import Segmenter
 
-            self.seg = Segmenter.from_bundle(bundle, device=device)
+            self.seg = Segmenter.from_bundle(bundle, device=device, precision=precision, channels_last=channels_last)
 
     def _masks(self, images: np.ndarray) -> list[np.ndarray]:
         """Letterboxed images (B, N, N) → letterboxed 0/1 masks, post-processed."""
@@ -93,13 +93,16 @@ class SegmentActor:
 
 def segment_dataset(ds: ray.data.Dataset, bundle: str | None = None, method: str = "unet", actors: int = 1,
                     batch_size: int = 16, num_gpus: float = 0.0, num_cpus: float = 0.5,
-                    masks_uri: str | None = None) -> ray.data.Dataset:
-    """Add ``mask, lung_crop, lung_area_fraction, bbox, mask_uri, method`` to ingested rows (actor pool)."""
+                    masks_uri: str | None = None, precision: str = "fp32",
+                    channels_last: bool = False) -> ray.data.Dataset:
+    """Add ``mask, lung_crop, lung_area_fraction, bbox, mask_uri, method`` to ingested rows (actor pool).
+    ``precision="bf16"`` / ``channels_last`` are U-Net inference speed options (meant for GPUs)."""
     resources = {"num_gpus": num_gpus} if num_gpus > 0 else {"num_cpus": num_cpus}
     return ds.map_batches(
         SegmentActor,
         fn_constructor_kwargs={"bundle": bundle, "method": method, "masks_uri": masks_uri,
-                               "device": "cuda" if num_gpus > 0 else "cpu"},
+                               "device": "cuda" if num_gpus > 0 else "cpu", "precision": precision,
+                               "channels_last": channels_last},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
         batch_size=batch_size,
         batch_format="numpy",

@@ -1,22 +1,18 @@
-"""Online inference as a Ray Serve application: one ingress, four batched model deployments.
+"""Online inference as a Ray Serve application: a thin HTTP ingress, a batched pipeline, four batched models.
 
-    HTTP ─▶ LungdrIngress (FastAPI: auth, limits, decode, preprocess, the paper's vote via Predictor.decide)
-               ├─▶ SegmenterDeployment   (U-Net lung masks, dynamic batches)
-               └─▶ SVMDeployment │ TransferDeployment │ CNN3DDeployment   (C1, C2, C3 in parallel, dynamic batches)
+    HTTP ─▶ LungdrIngress (FastAPI: auth, size and format checks, read the body)
+               └─▶ PipelineDeployment (batches requests: decode + preprocess, the paper's vote with TTA / OOD)
+                      ├─▶ SegmenterDeployment   (U-Net lung masks)
+                      └─▶ SVMDeployment │ TransferDeployment │ CNN3DDeployment   (C1, C2, C3 in parallel)
 
-Each stage is a plain class wrapping one of the Predictor's batch stage methods (usable and testable without
-Serve) plus a one-line ``@serve.deployment`` subclass. ``build_app(args)`` is the application builder for
-``serve run lungdr.scale.serve:build_app bundle_uri=...``, ``serve deploy`` and KubeRay RayService.
-
-Batching uses ``serve.batch`` on a per-instance bound method, so the batch size and wait come from
-``ServeConfig`` at start-up and every replica keeps its own queue and batch statistics (``stats()``).
+The per-request CPU work sits in the pipeline, whose batch makes ONE call per model with the stacked images; the
+model deployments batch again (in images), merging calls from several pipeline replicas. Each stage is a plain
+class in ``serve_stages`` plus a one-line ``@serve.deployment`` subclass here. ``build_app(args)`` is the
+application builder for ``serve run lungdr.scale.serve:build_app bundle_uri=...``, ``serve deploy`` and KubeRay.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import logging
 import os
 import signal
 import sys
@@ -24,110 +20,26 @@ import time
 from dataclasses import fields
 from typing import Any
 
-import cv2
-import numpy as np
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from lungdr.config import ServeConfig, from_dict, load_config, to_dict
 from lungdr.errors import ConfigError
-from lungdr.io import decode
-from lungdr.predictor import lung_area_fraction
-from lungdr.scale.serve_api import ApiError, make_api
-from lungdr.transforms import unletterbox
+from lungdr.scale.serve_api import make_api
+from lungdr.scale.serve_stages import (CNN3DServer, PipelineServer, SegmenterServer, SVMServer, TransferServer,
+                                       call_with_retry, raise_if_error)
 
-log = logging.getLogger("lungdr.serve")
-
-CLASSIFIERS = ("svm", "transfer", "cnn3d")
-RESULT_KEYS = ("label", "p_abnormal", "votes", "probabilities", "needs_review", "review_reason",
-               "lung_area_fraction", "model_version")
-MIN_SIDE = 8  # smaller uploads cannot be a radiograph
-
-
-def load_predictor(bundle_uri: str, device: str | None = None):
-    from lungdr.predictor import Predictor
-
-    return Predictor.from_bundle(bundle_uri, device=device)
-
-
-def plain(value: Any) -> Any:
-    """NumPy scalars/arrays inside nested dicts/lists → JSON-able Python values."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def mask_png_base64(mask: np.ndarray) -> str:
-    ok, png = cv2.imencode(".png", (np.asarray(mask) > 0).astype(np.uint8) * 255)
-    if not ok:
-        raise RuntimeError("PNG encoding of the mask failed")
-    return base64.b64encode(png.tobytes()).decode("ascii")
-
-
-# ---------------------------------------------------------------- model stages
-
-
-class BatchedStage:
-    """A Predictor stage behind ``serve.batch``: calls queue up and run together, up to ``max_batch_size``."""
-
-    def __init__(self, bundle_uri: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01,
-                 device: str | None = None):
-        self.predictor = load_predictor(bundle_uri, device)
-        self._batched = serve.batch(max_batch_size=max(1, int(max_batch_size)),
-                                    batch_wait_timeout_s=float(batch_wait_timeout_s))(self._run_batch)
-        self._largest, self._batches, self._items = 0, 0, 0
-
-    async def __call__(self, *args):
-        return await self._batched(*args)
-
-    async def _run_batch(self, *columns: list) -> list:
-        n = len(columns[0])
-        self._largest, self._batches, self._items = max(self._largest, n), self._batches + 1, self._items + n
-        stacked = [np.stack(c) for c in columns]
-        return await asyncio.to_thread(self.run, *stacked)
-
-    def run(self, *arrays: np.ndarray) -> list:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def stats(self) -> dict:
-        """Largest batch seen, number of batches and of items since start (per replica)."""
-        return {"max_batch_size_seen": self._largest, "batches": self._batches, "items": self._items}
-
-
-class SegmenterServer(BatchedStage):
-    """``(N, N) float32`` preprocessed image → ``(N, N) uint8`` lung mask."""
-
-    def run(self, images: np.ndarray) -> list:
-        return list(self.predictor.segment(images))
-
-
-class ClassifierServer(BatchedStage):
-    """``(image, mask)`` → ``{"p": P(abnormal), "embed": (D,) embedding for the OOD guard}`` from one classifier."""
-
-    model = ""
-
-    def run(self, images: np.ndarray, masks: np.ndarray) -> list:
-        out = self.predictor.classify(images, masks, models=[self.model])[self.model]
-        return [{"p": float(out["p"][i]), "embed": out["embed"][i]} for i in range(len(images))]
-
-
-class SVMServer(ClassifierServer):
-    model = "svm"
-
-
-class TransferServer(ClassifierServer):
-    model = "transfer"
-
-
-class CNN3DServer(ClassifierServer):
-    model = "cnn3d"
+# Ray Serve knobs for a short request path (Ray 2.60), each unless the environment already sets it: handle calls
+# over gRPC instead of Ray actor calls, user code and router on the replica's own event loop, request-path logs
+# buffered, and gRPC messages up to 256 MiB (the default 4 MiB is less than one large DICOM or a stacked batch).
+SERVE_ENV_DEFAULTS = {
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(256 * 2**20),
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+MODEL_DEPLOYMENTS = ("SegmenterDeployment", "SVMDeployment", "TransferDeployment", "CNN3DDeployment")
+BATCHED_DEPLOYMENTS = ("PipelineDeployment",) + MODEL_DEPLOYMENTS
 
 
 @serve.deployment
@@ -150,62 +62,40 @@ class CNN3DDeployment(CNN3DServer):
     """C3: 3-D CNN replica."""
 
 
+@serve.deployment
+class PipelineDeployment(PipelineServer):
+    """Request-batching replica: decode, preprocess, model calls, vote."""
+
+
 # ---------------------------------------------------------------- ingress
 
 
 class IngressServer:
-    """Decode → preprocess → segment → three classifiers in parallel → ``Predictor.decide`` (vote, TTA
-    re-predict, OOD, needs_review). ``settings`` is a ``ServeConfig`` as a dict."""
+    """The HTTP face: ``make_api`` checks auth, size and format, then each upload goes to the pipeline.
+    ``settings`` is a ``ServeConfig`` as a dict."""
 
-    def __init__(self, segmenter, svm, transfer, cnn3d, bundle_uri: str, settings: dict | None = None):
+    def __init__(self, pipeline, settings: dict | None = None):
         self.cfg: ServeConfig = from_dict(ServeConfig, settings)
-        self.segmenter = segmenter
-        self.classifiers = {"svm": svm, "transfer": transfer, "cnn3d": cnn3d}
-        self.predictor = load_predictor(bundle_uri, "cuda" if self.cfg.num_gpus > 0 else None)
+        self.pipeline = pipeline
         self.token = read_token(self.cfg.token_env)
+        self._card: dict | None = None
 
     def __serve_build_asgi_app__(self):
         return make_api(self, max_upload_bytes=int(self.cfg.max_upload_mb * 2**20), token=self.token)
 
     async def predict(self, data: bytes, want_mask: bool = False) -> dict:
-        start = time.perf_counter()
-        decoded = await asyncio.to_thread(decode, data, "upload")  # neutral name: never echo client file names
-        if min(decoded.image.shape) < MIN_SIDE:
-            raise ApiError(422, "image_too_small", f"image is {decoded.image.shape}, need >= {MIN_SIDE} px a side")
-        image, info = await asyncio.to_thread(self.predictor.preprocess, decoded.image)
-        mask = await self._call(self.segmenter, image)
-        scores = await asyncio.gather(*(self._call(h, image, mask) for h in self.classifiers.values()))
-        classified = {name: {"p": np.array([s["p"]]), "embed": np.asarray(s["embed"])[None]}
-                      for name, s in zip(self.classifiers, scores)}
-        result = (await asyncio.to_thread(self.predictor.decide, image[None], mask[None], classified))[0]
-        result["lung_area_fraction"] = lung_area_fraction(mask, info)
-        out = plain({k: result.get(k) for k in RESULT_KEYS})
-        if want_mask:
-            out["mask"] = mask_png_base64(unletterbox(mask, info, "nearest"))
-        log.info("predict %s %dx%d in %.1f ms", decoded.meta.source_format, *decoded.image.shape,
-                 1000 * (time.perf_counter() - start))
-        return out
+        return raise_if_error(await call_with_retry(self.pipeline, data, want_mask, retry_s=self.cfg.model_retry_s))
 
-    async def _call(self, handle, *args):
-        """A model call, retried with back-off while a dead or overloaded replica is being replaced."""
-        deadline, delay = time.monotonic() + self.cfg.model_retry_s, 0.05
-        while True:
-            try:
-                return await handle.remote(*args)
-            except (RayActorError, BackPressureError, DeploymentUnavailableError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise ApiError(503, "model_unavailable", f"model replica unavailable ({type(exc).__name__})",
-                                   {"Retry-After": "5"}) from None
-                log.warning("model call failed (%s); retrying in %.2f s", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 1.0)
+    async def _model_card(self) -> dict:
+        if self._card is None:
+            self._card = await call_with_retry(self.pipeline.card, retry_s=self.cfg.model_retry_s)
+        return self._card
 
     async def health(self) -> dict:
-        return {"status": "ok", "model_version": self.predictor.model_version}
+        return {"status": "ok", "model_version": (await self._model_card())["model_version"]}
 
     async def card(self) -> dict:
-        card = plain(self.predictor.card())
-        card["model_version"] = self.predictor.model_version
+        card = dict(await self._model_card())
         card["serving"] = {k: v for k, v in to_dict(self.cfg).items() if k not in ("host", "port")}
         return card
 
@@ -214,6 +104,17 @@ class IngressServer:
 @serve.ingress()
 class LungdrIngress(IngressServer):
     """HTTP ingress replica (FastAPI app built at replica start by ``__serve_build_asgi_app__``)."""
+
+
+def serve_env() -> dict[str, str]:
+    """``SERVE_ENV_DEFAULTS`` overridden by the environment: given to every replica through its runtime_env."""
+    return {k: os.environ.get(k, v) for k, v in SERVE_ENV_DEFAULTS.items()}
+
+
+def set_serve_env() -> None:
+    """Put the knobs into this process's environment before it starts Ray, so Serve's HTTP proxy has them too."""
+    for key, value in SERVE_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 def read_token(token_env: str | None) -> str | None:
@@ -271,12 +172,15 @@ def app_settings(args: dict) -> tuple[str, ServeConfig]:
     return str(bundle_uri), cfg
 
 
-def model_options(cfg: ServeConfig) -> dict:
-    """``Deployment.options`` for the model deployments: replicas or autoscaling, CPU/GPU share, queue depth."""
-    actor = {"num_cpus": cfg.num_cpus}
+def model_options(cfg: ServeConfig, concurrent_batches: int = 1) -> dict:
+    """``Deployment.options`` for the pipeline and model deployments: replicas or autoscaling, CPU/GPU share,
+    queue depth (room for every concurrent batch to fill)."""
+    actor = {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": serve_env()}}
     if cfg.num_gpus > 0:
         actor["num_gpus"] = cfg.num_gpus
-    opts: dict = {"ray_actor_options": actor, "max_ongoing_requests": max(cfg.max_ongoing_requests, cfg.max_batch_size)}
+    depth = max(cfg.max_ongoing_requests, cfg.max_batch_size * concurrent_batches)
+    opts: dict = {"ray_actor_options": actor, "max_ongoing_requests": depth,
+                  "logging_config": {"enable_access_log": False}}  # internal hops: the ingress logs the request
     if cfg.max_replicas > cfg.replicas:
         opts["autoscaling_config"] = {"min_replicas": cfg.replicas, "max_replicas": cfg.max_replicas,
                                       "target_ongoing_requests": cfg.target_ongoing_requests}
@@ -289,16 +193,20 @@ def build_app(args: dict):
     """The Serve application (import path ``lungdr.scale.serve:build_app``). Args: ``bundle_uri``, ``config``,
     and any ``ServeConfig`` field (``token_env``, ``max_upload_mb``, ``replicas``, ``max_batch_size``, ...)."""
     bundle_uri, cfg = app_settings(args)
-    opts = model_options(cfg)
-    stage = (bundle_uri, cfg.max_batch_size, cfg.batch_wait_timeout_s, "cuda" if cfg.num_gpus > 0 else None)
-    models = [d.options(**opts).bind(*stage)
+    stage = dict(bundle_uri=bundle_uri, max_batch_size=cfg.max_batch_size,
+                 batch_wait_timeout_s=cfg.batch_wait_timeout_s, device="cuda" if cfg.num_gpus > 0 else None,
+                 adaptive_wait=cfg.adaptive_wait)
+    models = [d.options(**model_options(cfg)).bind(**stage)
               for d in (SegmenterDeployment, SVMDeployment, TransferDeployment, CNN3DDeployment)]
+    pipeline = PipelineDeployment.options(**model_options(cfg, PipelineServer.concurrent_batches)).bind(
+        *models, retry_s=cfg.model_retry_s, **stage)
     ingress = LungdrIngress.options(
         num_replicas=cfg.ingress_replicas,
         max_ongoing_requests=cfg.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus},
+        ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": serve_env()}},
+        logging_config={"enable_access_log": cfg.access_log},
     )
-    return ingress.bind(*models, bundle_uri=bundle_uri, settings=to_dict(cfg))
+    return ingress.bind(pipeline, settings=to_dict(cfg))
 
 
 def start(args: dict, host: str | None = None, port: int | None = None, name: str = "lungdr",
@@ -318,6 +226,7 @@ def serve_forever(args: dict, host: str | None = None, port: int | None = None, 
 
     app_settings(args)  # bad settings fail before Ray starts
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `docker stop` / kill: shut down like Ctrl-C
+    set_serve_env()
     init_ray(address=address)
     try:
         url = start(args, host, port)

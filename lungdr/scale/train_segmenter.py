@@ -78,7 +78,7 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train.torch import get_device, prepare_model
 
     from lungdr.augment import PairedAugment
-    from lungdr.segmentation.training import evaluate, train_one_epoch
+    from lungdr.segmentation.training import evaluate, make_ema, train_one_epoch
     from lungdr.segmentation.unet import build_unet, make_optimizer, make_scheduler
 
     cfg = from_dict(SegmenterConfig, config["segmenter"])
@@ -86,14 +86,20 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ctx.get_world_rank()
     torch.manual_seed(cfg.seed)  # same initial weights on every worker (DDP also broadcasts them)
     model = build_unet(cfg)
+    ema = make_ema(model, cfg)
     state = _load_state(config)
     start_epoch, best, history, best_model = 0, -1.0, [], None
     if state is not None:
         model.load_state_dict(state["model"])
+        if ema is not None and state.get("ema") is not None:
+            ema.model.load_state_dict(state["ema"])
         start_epoch, best, history, best_model = state["epoch"], state["best_dice"], state["history"], state["best_model"]
     device = get_device()
     model = prepare_model(model)
     core = model.module if hasattr(model, "module") else model
+    if ema is not None:
+        ema.model.to(device)
+    shipped = ema.model if ema is not None else core  # the weights that are validated and saved
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     if state is not None:
@@ -106,24 +112,26 @@ def train_loop_per_worker(config: dict) -> None:
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         loss = train_one_epoch(model, optimizer, _numpy_batches(train_shard, cfg.batch_size, augment, rng,
-                                                                config.get("shuffle_buffer")), device)
+                                                                config.get("shuffle_buffer")), device, ema)
         scheduler.step()
         # Rank 0 validates on the whole (unsplit) val set, with the unwrapped module (DDP's forward is a collective);
         # an equal split across workers could drop up to world_size - 1 validation images.
-        local = evaluate(core, _numpy_batches(val_shard, cfg.batch_size), device, cfg.threshold, scores=True) \
+        local = evaluate(shipped, _numpy_batches(val_shard, cfg.batch_size), device, cfg.threshold, scores=True) \
             if rank == 0 else None
         metrics = {"epoch": epoch, "attempt": config.get("attempt", ""), "train_loss": loss, **_gather_metrics(local),
                    "seconds": round(time.perf_counter() - t0, 2)}
         if metrics["val_n"] == 0 or metrics["val_dice"] > best:
             best = metrics["val_dice"]
-            best_model = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+            best_model = {k: v.detach().cpu().clone() for k, v in shipped.state_dict().items()}
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
                 torch.save({"model": {k: v.detach().cpu() for k, v in core.state_dict().items()},
                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                            "best_dice": best, "best_model": best_model, "history": history}, os.path.join(tmp, STATE))
+                            "best_dice": best, "best_model": best_model, "history": history,
+                            "ema": None if ema is None else {k: v.detach().cpu() for k, v in ema.model.state_dict().items()}},
+                           os.path.join(tmp, STATE))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 

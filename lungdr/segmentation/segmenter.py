@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -40,7 +41,12 @@ class Segmenter:
         preprocess: PreprocessConfig | None = None,
         device: str | torch.device | None = None,
         seed: int | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
     ):
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.precision, self.channels_last = precision, bool(channels_last)
         self.cfg = cfg or SegmenterConfig()
         pre = preprocess or PreprocessConfig(size=self.cfg.size)
         if pre.size != self.cfg.size:
@@ -55,6 +61,8 @@ class Segmenter:
             model = build_unet(self.cfg)
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -64,8 +72,32 @@ class Segmenter:
         if batch.ndim != 3 or batch.shape[1:] != (self.cfg.size, self.cfg.size):
             raise ConfigError(f"expected (B, {self.cfg.size}, {self.cfg.size}) images, got {batch.shape}")
         self.model.eval()
-        x = torch.from_numpy(batch).unsqueeze(1).to(self.device)
-        return torch.sigmoid(self.model(x))[:, 0].float().cpu().numpy()
+        prob = self._forward(batch)
+        if not self.cfg.tta_scales:
+            return prob
+        # test-time zoom: each pass sees the batch scaled about the centre; its map is warped back and averaged
+        # over the passes that saw each pixel (a zoom-in loses the border, which only the other passes cover)
+        from lungdr.augment import apply_field
+
+        n = self.cfg.size
+        total, seen = prob.copy(), np.ones((n, n), np.float32)
+        for s in self.cfg.tta_scales:
+            fwd = cv2.getRotationMatrix2D(((n - 1) / 2.0, (n - 1) / 2.0), 0.0, float(s))
+            back = cv2.invertAffineTransform(fwd)
+            p = self._forward(np.stack([apply_field(img, None, "linear", fwd) for img in batch]))
+            total += np.stack([apply_field(q, None, "linear", back) for q in p])
+            seen += apply_field(np.ones((n, n), np.float32), None, "linear", back)
+        return total / seen
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """One U-Net pass: ``(B, N, N)`` → sigmoid probabilities ``(B, N, N)`` float32."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).unsqueeze(1).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # bf16 autocast is an inference speed option (GPU); weights stay fp32, probabilities come back as fp32
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(x)
+        return torch.sigmoid(logits.float())[:, 0].cpu().numpy()
 
     def masks_from_probabilities(self, prob: np.ndarray, info: LetterboxInfo | None = None) -> np.ndarray:
         """One probability map → uint8 0/1 mask, at the original size when ``info`` is given, else at N x N."""
@@ -101,7 +133,7 @@ class Segmenter:
         return {WEIGHTS: d / WEIGHTS, CONFIG: d / CONFIG}
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device | None = None) -> "Segmenter":
+    def load(cls, directory: str | Path, device: str | torch.device | None = None, **runtime) -> "Segmenter":
         """Read what ``save`` wrote (e.g. ``bundle.path("segmenter/config.json").parent``)."""
         d = Path(directory)
         try:
@@ -113,12 +145,13 @@ class Segmenter:
             model.load_state_dict(state)
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise BundleError(f"cannot load segmenter from {d}: {exc}") from exc
-        return cls(model, cfg, pre, device=device)
+        return cls(model, cfg, pre, device=device, **runtime)
 
     @classmethod
-    def from_bundle(cls, uri: str | Path, device: str | torch.device | None = None) -> "Segmenter":
-        """Open (and verify) a bundle and load its ``segmenter/`` component."""
+    def from_bundle(cls, uri: str | Path, device: str | torch.device | None = None, **runtime) -> "Segmenter":
+        """Open (and verify) a bundle and load its ``segmenter/`` component (``runtime``: ``precision``,
+        ``channels_last``)."""
         from lungdr.bundle import open_bundle
 
         bundle = open_bundle(uri)
-        return cls.load(bundle.path(f"segmenter/{CONFIG}").parent, device=device)
+        return cls.load(bundle.path(f"segmenter/{CONFIG}").parent, device=device, **runtime)

@@ -6,6 +6,7 @@ segmenter bundle with its model card.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from dataclasses import replace
@@ -109,9 +110,37 @@ def _tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Te
     )
 
 
+class WeightEMA:
+    """Exponential moving average of a model's weights (floating-point state incl. batch-norm statistics), updated
+    after every optimizer step; ``model`` is the averaged copy to validate and ship. Averaging the last few hundred
+    steps smooths the noise of small-batch training."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        live = model.state_dict()
+        for name, avg in self.model.state_dict().items():
+            value = live[name].detach()
+            if avg.dtype.is_floating_point:
+                avg.lerp_(value.to(avg.dtype), 1.0 - self.decay)
+            else:
+                avg.copy_(value)
+
+
+def make_ema(model: torch.nn.Module, cfg: SegmenterConfig) -> WeightEMA | None:
+    return WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
-                    device: torch.device | str = "cpu") -> float:
-    """One pass of Dice+BCE optimisation; returns the mean training loss (0.0 for no batches)."""
+                    device: torch.device | str = "cpu", ema: WeightEMA | None = None) -> float:
+    """One pass of Dice+BCE optimisation (updating ``ema`` after each step); returns the mean training loss."""
     model.train()
     total, n = 0.0, 0
     for batch in batches:
@@ -120,6 +149,8 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
         loss = dice_bce_loss(model(x), y)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model.module if hasattr(model, "module") else model)
         total += float(loss.detach()) * len(x)
         n += len(x)
     return total / max(n, 1)
@@ -170,13 +201,15 @@ def fit_local(
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     augment = PairedAugment(augment_cfg) if augment_cfg is not None else None
+    ema = make_ema(model, cfg)
+    shipped = ema.model if ema is not None else model  # the weights that are validated and saved
     rng = np.random.default_rng(cfg.seed)
     history, best, best_state = [], -1.0, None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, iterate_batches(*train, cfg.batch_size, rng, augment), dev)
+        loss = train_one_epoch(model, optimizer, iterate_batches(*train, cfg.batch_size, rng, augment), dev, ema)
         scheduler.step()
-        metrics = evaluate(model, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
+        metrics = evaluate(shipped, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
         rec = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
                "seconds": round(time.perf_counter() - t0, 2)}
         history.append(rec)
@@ -184,7 +217,7 @@ def fit_local(
             log(rec)
         if metrics["n"] == 0 or metrics["dice"] > best:
             best = metrics["dice"]
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in shipped.state_dict().items()}
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

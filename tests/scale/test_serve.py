@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import requests
 
+from lungdr.scale.serve import set_serve_env
 from lungdr.testing.http_load import CONTENT_TYPES, Client, run_load
 
 TOKEN_ENV = "LUNGDR_TEST_SERVE_TOKEN"
 # Ray workers inherit the environment of the process that starts Ray (the session fixture, after collection).
 os.environ.setdefault(TOKEN_ENV, secrets.token_urlsafe(24))
 TOKEN = os.environ[TOKEN_ENV]
+set_serve_env()  # the request path `lungdr serve` runs (gRPC handles etc.), in the session's Ray too
 APP = "lungdr-test"
 PHI = ("Doe^Jane", "PID-7731-XYZ", "19700101")
 RESULT_KEYS = {"label", "p_abnormal", "votes", "probabilities", "needs_review", "review_reason",
@@ -177,14 +179,54 @@ def _stats(name: str) -> dict:
 
 
 def test_bounded_load_batches_and_matches_predictor(client, uploads, expected):
-    payloads = [uploads[i % len(uploads)] for i in range(300)]
+    """16 clients, bad uploads mixed in: every good one matches the in-process predictor, every bad one gets its
+    own 422 (a bad upload never fails the rest of its batch), and every batched stage saw batches > 1."""
+    bad = (uploads[0][0][: len(uploads[0][0]) // 2], "image/png")
+    payloads = [bad if i % 25 == 7 else uploads[i % len(uploads)] for i in range(300)]
     answers = run_load(client, payloads, clients=16)
-    assert [a.status for a in answers] == [200] * len(payloads), [a.body for a in answers if a.status != 200][:3]
     for a in answers:
-        _same(a.body, expected[a.index % len(uploads)])
-    for name in ("SegmenterDeployment", "SVMDeployment", "TransferDeployment", "CNN3DDeployment"):
+        if payloads[a.index] is bad:
+            assert a.status == 422 and a.body["error"] == "undecodable", a.body
+        else:
+            assert a.status == 200, a.body
+            _same(a.body, expected[a.index % len(uploads)])
+    for name in ("PipelineDeployment", "SegmenterDeployment", "SVMDeployment", "TransferDeployment",
+                 "CNN3DDeployment"):
         stats = _stats(name)
-        assert stats["items"] >= len(payloads) and stats["max_batch_size_seen"] > 1, (name, stats)
+        assert stats["items"] >= len(payloads) - 12 and stats["max_batch_size_seen"] > 1, (name, stats)
+
+
+def test_model_deployment_merges_concurrent_calls(server, predictor):
+    """Stacked calls arriving together run as one forward (counted in images) and each gets its own slice back."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("SegmenterDeployment", app_name=APP)
+    rng = np.random.default_rng(0)
+    n = predictor.preprocess_cfg.size
+    batches = [rng.random((k, n, n), dtype=np.float32) for k in (1, 2, 3, 1, 1)]
+    before = _stats("SegmenterDeployment")
+    responses = [handle.remote(x) for x in batches]
+    for x, r in zip(batches, responses):
+        np.testing.assert_array_equal(r.result(timeout_s=60), predictor.segment(x))
+    after = _stats("SegmenterDeployment")
+    calls, runs = after["calls"] - before["calls"], after["batches"] - before["batches"]
+    assert after["items"] - before["items"] == 8 and calls == 5 and runs < calls, (before, after)
+
+
+def test_adaptive_wait_grows_only_while_a_batch_runs():
+    from lungdr.scale.serve_stages import AdaptiveWait
+
+    wait = AdaptiveWait(base_s=0.001)
+    assert wait.next_wait() == 0.001  # idle, nothing learnt yet
+    token = wait.started()
+    time.sleep(0.05)
+    wait.finished(token)
+    assert wait.next_wait() == 0.001 and 0.04 < wait.mean_s < 0.5  # idle again: a lone request does not wait
+    token = wait.started()
+    assert 0.03 < wait.next_wait() <= wait.mean_s  # busy: wait until the running batch should end
+    time.sleep(wait.mean_s + 0.01)
+    assert wait.next_wait() == 0.001  # overdue: no longer than the base
+    wait.finished(token)
 
 
 def _replicas(name: str) -> list[str]:

@@ -75,3 +75,40 @@ def test_bad_configs_and_dirs_are_typed_errors(tmp_path):
         Segmenter.load(tmp_path)
     with pytest.raises(ConfigError):
         Segmenter(cfg=SegmenterConfig(size=64, base=2)).probabilities(np.zeros((1, 32, 32), np.float32))
+
+
+def test_test_time_zoom_averages_warped_passes(trained, tmp_path):
+    import dataclasses
+    import json
+
+    seg, _ = trained
+    boxed = np.stack([seg.pre(make_dr_phantom(80, rng=s)[0])[0] for s in (1, 2)])
+    plain = seg.probabilities(boxed)
+    identity = Segmenter(seg.model, dataclasses.replace(seg.cfg, tta_scales=(1.0,)), seg.preprocess_cfg, "cpu")
+    np.testing.assert_allclose(identity.probabilities(boxed), plain, atol=1e-5)  # a zoom of 1 changes nothing
+    zoom = Segmenter(seg.model, dataclasses.replace(seg.cfg, tta_scales=(0.9, 1.1)), seg.preprocess_cfg, "cpu")
+    averaged = zoom.probabilities(boxed)
+    assert averaged.shape == plain.shape and 0.0 <= averaged.min() and averaged.max() <= 1.0
+    assert np.abs(averaged - plain).max() > 1e-3
+    image, truth = make_dr_phantom(96, rng=21)
+    assert dice(zoom.predict(image), truth) > 0.8
+    # a bundle saved before the option existed loads with it off
+    seg.save(tmp_path)
+    conf = json.loads((tmp_path / "config.json").read_text())
+    del conf["segmenter"]["tta_scales"]
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    assert Segmenter.load(tmp_path).cfg.tta_scales == ()
+
+
+def test_runtime_speed_options_keep_the_probabilities(trained):
+    seg, _ = trained
+    images = np.stack([make_dr_phantom(seg.cfg.size, rng=s)[0] for s in range(3)])
+    ref = seg.probabilities(images)
+    fast = Segmenter(seg.model, seg.cfg, seg.preprocess_cfg, device="cpu", channels_last=True)
+    assert np.allclose(fast.probabilities(images), ref, atol=1e-5)
+    half = Segmenter(seg.model, seg.cfg, seg.preprocess_cfg, device="cpu", precision="bf16")
+    out = half.probabilities(images)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.abs(out - ref).mean() < 0.02
+    with pytest.raises(ConfigError):
+        Segmenter(seg.model, seg.cfg, seg.preprocess_cfg, precision="fp8")
