@@ -104,7 +104,8 @@ class CNN3DConfig:
 
 @dataclass(frozen=True)
 class FusionConfig:
-    margin_threshold: float = 0.2  # weighted vote margin below this = no clear majority
+    margin_threshold: float = 0.2  # confidence-weighted vote margin below this = no clear majority
+    review_rate: float = 0.0  # > 0: training sets margin_threshold to this quantile of the validation margins
     tta_rounds: int = 4
     ood_quantile: float = 0.99  # validation quantile used as the OOD distance threshold
 

@@ -1,11 +1,18 @@
 """Fusion of the three classifiers: weighted relative-majority vote, test-time-augmentation re-vote,
 ``needs_review`` with a reason, and the out-of-distribution guard.
 
-Decision rule (``Fusion.decide``): each model votes abnormal iff its p_abnormal >= 0.5; the weighted score of
-each class is the sum of its voters' weights (weights renormalised over the models present); the margin is the
-score difference. ``margin >= margin_threshold`` decides; otherwise ``repredict()`` (TTA) is asked for fresh
-probabilities and the vote repeats; still below -> ``label None, needs_review, "no_majority"``. An OOD input is
-``label None, needs_review, "out_of_distribution"`` whatever the vote says.
+Each model's p_abnormal is first calibrated (``Fusion.calibration``: per-model Platt maps fitted on the validation
+split, ``lungdr.models.calibration``), so a vote at 0.5 means the same for every model. Decision rule
+(``Fusion.decide``): each model votes abnormal iff its p_abnormal >= 0.5; the label is the class with the larger
+sum of its voters' weights (weights renormalised over the models present: the weighted relative majority). How
+clear that majority is, ``margin``, counts each vote by its weight and its confidence:
+``|sum_i w_i (2 p_i - 1)|`` in [0, 1] (a bare 2-against-1 count would make every split of three models look
+equally clear). A majority is clear when ``margin >= margin_threshold`` and the confident votes lean the same way as
+the count; otherwise ``repredict()`` (TTA) is asked for fresh probabilities and the vote repeats; still unclear ->
+``label None, needs_review, "no_majority"``. Training sets ``margin_threshold`` from the validation margins
+(``FusionConfig.review_rate``, ``fit_margin_threshold``). An OOD input is
+``label None, needs_review, "out_of_distribution"`` whatever the vote says. The fused ``p_abnormal`` (the score
+ranked for AUC) is the weighted mean of the calibrated probabilities.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 from lungdr.config import FusionConfig
 from lungdr.models import CLASSIFIER_NAMES
 from lungdr.models.base import ModelInputError
+from lungdr.models.calibration import apply_platt
 from lungdr.ood import OODGuard  # noqa: F401  (re-exported: the guard belongs to the fusion API)
 
 NO_MAJORITY = "no_majority"
@@ -58,7 +66,7 @@ def fit_weights(val_probs: dict[str, np.ndarray], y) -> dict[str, float]:
 class Decision:
     label: int | None  # 1 abnormal, 0 normal, None = needs review
     p_abnormal: float  # weighted mean of the models' p_abnormal
-    margin: float  # |weighted abnormal votes - weighted normal votes|, in [0, 1]
+    margin: float  # confidence-weighted vote margin |sum_i w_i (2 p_i - 1)|, in [0, 1]
     votes: dict[str, int]
     probs: dict[str, float]
     needs_review: bool = False
@@ -73,15 +81,18 @@ class Decision:
 
 
 class Fusion:
-    def __init__(self, weights: dict[str, float] | None = None, cfg: FusionConfig | None = None):
+    def __init__(self, weights: dict[str, float] | None = None, cfg: FusionConfig | None = None,
+                 calibration: dict[str, tuple[float, float]] | None = None):
         self.cfg = cfg or FusionConfig()
+        self.calibration = {k: (float(a), float(b)) for k, (a, b) in (calibration or {}).items()}
         self.weights = dict(weights or {n: 1.0 / len(CLASSIFIER_NAMES) for n in CLASSIFIER_NAMES})
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
             raise ModelInputError(f"fusion weights must be >= 0 with a positive sum: {self.weights}")
 
     def vote(self, probs: dict[str, float]) -> Decision:
-        """One weighted vote, no re-prediction; label None when the margin is below the threshold."""
-        probs = {k: p_abnormal(v) for k, v in probs.items()}
+        """One weighted vote on calibrated probabilities, no re-prediction; label None when the margin is below
+        the threshold."""
+        probs = self.calibrate({k: p_abnormal(v) for k, v in probs.items()})
         unknown = set(probs) - set(self.weights)
         if unknown or not probs:
             raise ModelInputError(f"no fusion weight for {sorted(unknown)}" if unknown else "no model probabilities")
@@ -89,14 +100,20 @@ class Fusion:
         w = {k: self.weights[k] / total for k in probs} if total > 0 else {k: 1 / len(probs) for k in probs}
         votes = {k: int(p >= 0.5) for k, p in probs.items()}
         abnormal = sum(w[k] for k, v in votes.items() if v)
-        margin = abs(2 * abnormal - 1)
-        decided = margin >= self.cfg.margin_threshold and not math.isclose(margin, 0.0, abs_tol=1e-12)
+        lean = sum(w[k] * (2 * p - 1) for k, p in probs.items())  # confidence-weighted: > 0 leans abnormal
+        margin = abs(lean)
+        tied = math.isclose(abnormal, 0.5, abs_tol=1e-12) or math.isclose(margin, 0.0, abs_tol=1e-12)
+        decided = not tied and margin >= self.cfg.margin_threshold and (lean > 0) == (abnormal > 0.5)
         return Decision(
             label=int(abnormal > 0.5) if decided else None,
             p_abnormal=float(sum(w[k] * p for k, p in probs.items())),
             margin=float(margin), votes=votes, probs=probs, weights=w,
             needs_review=not decided, review_reason=None if decided else NO_MAJORITY,
         )
+
+    def calibrate(self, probs: dict[str, float]) -> dict[str, float]:
+        """Each model's raw p_abnormal through its calibration map (identity for models without one)."""
+        return {k: float(apply_platt(p, self.calibration.get(k))) for k, p in probs.items()}
 
     def decide(self, probs: dict[str, float], repredict: Callable[[], dict[str, float]] | None = None,
                ood: tuple[float, bool, str | None] | None = None) -> Decision:
@@ -123,9 +140,15 @@ class Fusion:
             for i in range(n)
         ]
 
+    def margins(self, probs: dict[str, np.ndarray]) -> np.ndarray:
+        """The vote margin of each of N items (``probs[model]`` raw, ``(N,)`` or ``(N, 2)``)."""
+        n = len(next(iter(probs.values())))
+        return np.array([self.vote({k: v[i] for k, v in probs.items()}).margin for i in range(n)])
+
     def to_dict(self) -> dict:
         return {"weights": self.weights, "margin_threshold": self.cfg.margin_threshold,
-                "tta_rounds": self.cfg.tta_rounds, "ood_quantile": self.cfg.ood_quantile}
+                "review_rate": self.cfg.review_rate, "tta_rounds": self.cfg.tta_rounds,
+                "ood_quantile": self.cfg.ood_quantile, "calibration": {k: list(v) for k, v in self.calibration.items()}}
 
     def save(self, path: str | Path, **extra) -> Path:
         path = Path(path)
@@ -135,9 +158,23 @@ class Fusion:
     @classmethod
     def load(cls, path: str | Path) -> "Fusion":
         data = json.loads(Path(path).read_text())
-        cfg = FusionConfig(margin_threshold=data["margin_threshold"], tta_rounds=data["tta_rounds"],
-                           ood_quantile=data["ood_quantile"])
-        return cls(data["weights"], cfg)
+        cfg = FusionConfig(margin_threshold=data["margin_threshold"], review_rate=data.get("review_rate", 0.0),
+                           tta_rounds=data["tta_rounds"], ood_quantile=data["ood_quantile"])
+        return cls(data["weights"], cfg, data.get("calibration"))
+
+
+def fit_margin_threshold(fusion: "Fusion", val_probs: dict[str, np.ndarray]) -> "Fusion":
+    """``fusion`` with ``margin_threshold`` set so that about ``cfg.review_rate`` of the validation cases fall below
+    it (the least clear majorities go to TTA and, if still unclear, to review); unchanged when the rate is 0."""
+    from dataclasses import replace
+
+    rate = fusion.cfg.review_rate
+    if rate <= 0:
+        return fusion
+    if not 0 < rate < 1:
+        raise ModelInputError(f"review_rate must be in [0, 1), got {rate}")
+    threshold = float(np.quantile(fusion.margins(val_probs), rate))
+    return Fusion(fusion.weights, replace(fusion.cfg, margin_threshold=threshold), fusion.calibration)
 
 
 def tta_repredict(classifiers: dict, image: np.ndarray, mask: np.ndarray, rounds: int, augment_cfg=None,

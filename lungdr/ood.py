@@ -3,9 +3,12 @@
 Each *space* — every classifier's embedding, plus ``mask_stats`` of the lung mask (area, components, bounding
 box) — is modelled on training data: standardise, project on the top principal components, fit a
 shrinkage covariance (Ledoit-Wolf). A sample's distance in a space combines its Mahalanobis distance inside the
-subspace with its residual off it (scaled by the validation residual), per dimension. The threshold of each space
-is the ``quantile`` of the validation distances; the score is the largest distance/threshold ratio over the
-spaces and ``> 1`` means out of distribution. Saved as ``ood.json`` + ``ood.npz``.
+subspace with its residual off it (scaled by the validation residual), per dimension, divided by that space's
+``quantile`` of validation distances (its ratio). The spaces are then combined into ONE decision: the score is the
+largest ratio divided by the ``quantile`` of that same largest ratio over the validation set, so the in-distribution
+false-alarm rate is ``1 - quantile`` overall, not once per space (four spaces at 0.99 each flagged ~4 %).
+``score > 1`` means out of distribution; the reason names the spaces whose ratio passed the combined threshold.
+Saved as ``ood.json`` + ``ood.npz``.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class OODGuard:
         self.quantile = quantile
         self.max_components = max_components
         self.spaces: dict[str, _Space] = {}
+        self.threshold = 1.0  # on the largest per-space ratio; set from validation by ``fit``
 
     def fit(self, train: dict[str, np.ndarray], val: dict[str, np.ndarray]) -> "OODGuard":
         """``train`` / ``val``: space name -> ``(N, D)`` features (embeddings, ``mask_stats_matrix``)."""
@@ -102,6 +106,8 @@ class OODGuard:
             space.residual_scale = float(max(residual.mean(), 1e-6))
             space.threshold = float(max(np.quantile(space.distance(val[name]), self.quantile), 1e-6))
             self.spaces[name] = space
+        combined = np.max(np.stack(list(self.ratios(val).values()), 1), 1)
+        self.threshold = float(max(np.quantile(combined, self.quantile), 1e-6))
         return self
 
     def ratios(self, feats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -113,11 +119,11 @@ class OODGuard:
         return {n: s.distance(np.atleast_2d(feats[n])) / s.threshold for n, s in self.spaces.items()}
 
     def score_batch(self, feats: dict[str, np.ndarray]) -> list[tuple[float, bool, str | None]]:
-        """Per item ``(distance, is_ood, reason)``: distance = the largest distance/threshold ratio; reason
-        names the spaces over their threshold (e.g. ``"mask 3.1x, svm 1.4x"``)."""
+        """Per item ``(score, is_ood, reason)``: score = the largest per-space ratio over the combined threshold;
+        reason names the spaces over it (e.g. ``"mask 3.1x, svm 1.4x"``)."""
         ratios = self.ratios(feats)
         names = sorted(ratios)
-        table = np.stack([ratios[n] for n in names], 1)
+        table = np.stack([ratios[n] for n in names], 1) / self.threshold
         out = []
         for row in table:
             over = [f"{names[j]} {row[j]:.1f}x" for j in np.argsort(-row) if row[j] > 1]
@@ -136,7 +142,7 @@ class OODGuard:
             arrays.update(space.arrays(name))
         np.savez(directory / "ood.npz", **arrays)
         meta = {"quantile": self.quantile, "max_components": self.max_components, "spaces": sorted(self.spaces),
-                "thresholds": {n: s.threshold for n, s in self.spaces.items()}}
+                "thresholds": {n: s.threshold for n, s in self.spaces.items()}, "threshold": self.threshold}
         (directory / "ood.json").write_text(json.dumps(meta, indent=2))
         return directory
 
@@ -148,6 +154,7 @@ class OODGuard:
             with np.load(directory / "ood.npz", allow_pickle=False) as data:
                 guard = cls(meta["quantile"], meta["max_components"])
                 guard.spaces = {n: _Space.from_arrays(n, data) for n in meta["spaces"]}
+            guard.threshold = float(meta.get("threshold", 1.0))  # bundles before the combined threshold: 1
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"cannot read OOD guard in {directory.name}: {exc}") from exc
         return guard

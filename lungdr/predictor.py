@@ -9,6 +9,7 @@ Serve deployments; ``predict_images`` chains them in-process.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -81,9 +82,8 @@ class Predictor:
         """``{name: {"p": (B,) p_abnormal, "embed": (B, D)}}`` for the chosen classifiers (default: all)."""
         out = {}
         for name in models or list(self.classifiers):
-            clf = self.classifiers[name]
-            out[name] = {"p": clf.predict_proba(list(images), list(masks))[:, 1].astype(np.float64),
-                         "embed": np.asarray(clf.embed(list(images), list(masks)), np.float32)}
+            proba, embedding = self.classifiers[name].predict_and_embed(list(images), list(masks))
+            out[name] = {"p": np.asarray(proba)[:, 1].astype(np.float64), "embed": np.asarray(embedding, np.float32)}
         return out
 
     def decide(self, images: np.ndarray, masks: np.ndarray, classified: dict) -> list[dict]:
@@ -94,8 +94,9 @@ class Predictor:
         results = []
         for i in range(len(masks)):
             is_ood = ood is not None and ood[i][1]
-            repredict = None if is_ood else tta_repredict(
-                self.classifiers, images[i], masks[i], self.fusion.cfg.tta_rounds, seed=i)
+            repredict = None if is_ood else tta_repredict(  # seeded by content: a batch decides as one by one
+                self.classifiers, images[i], masks[i], self.fusion.cfg.tta_rounds,
+                seed=zlib.crc32(np.ascontiguousarray(images[i]).tobytes()))
             d = self.fusion.decide({n: float(p[i]) for n, p in probs.items()}, repredict,
                                    None if ood is None else ood[i])
             results.append({

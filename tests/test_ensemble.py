@@ -11,8 +11,9 @@ EQUAL = {"svm": 1 / 3, "transfer": 1 / 3, "cnn3d": 1 / 3}
 @pytest.mark.parametrize("probs, label, review", [
     ({"svm": 0.9, "transfer": 0.8, "cnn3d": 0.7}, 1, False),   # unanimous abnormal
     ({"svm": 0.1, "transfer": 0.2, "cnn3d": 0.3}, 0, False),   # unanimous normal
-    ({"svm": 0.9, "transfer": 0.6, "cnn3d": 0.1}, 1, False),   # 2 of 3
-    ({"svm": 0.4, "transfer": 0.3, "cnn3d": 0.99}, 0, False),  # 2 of 3 normal despite a confident dissenter
+    ({"svm": 0.9, "transfer": 0.8, "cnn3d": 0.3}, 1, False),   # 2 of 3, clear
+    ({"svm": 0.9, "transfer": 0.6, "cnn3d": 0.1}, None, True),  # 2 of 3, but a confident dissenter: unclear
+    ({"svm": 0.4, "transfer": 0.3, "cnn3d": 0.99}, None, True),  # count says normal, confidence leans abnormal
     ({"svm": 0.5, "transfer": 0.49, "cnn3d": 0.2}, 0, False),  # p = 0.5 votes abnormal
 ])
 def test_equal_weight_truth_table(probs, label, review):
@@ -20,20 +21,19 @@ def test_equal_weight_truth_table(probs, label, review):
     assert (d.label, d.needs_review) == (label, review)
     assert d.votes == {k: int(v >= 0.5) for k, v in probs.items()} and d.probs == probs
     assert np.isclose(d.p_abnormal, np.mean(list(probs.values())))
-    n_abnormal = sum(v >= 0.5 for v in probs.values())
-    assert np.isclose(d.margin, abs(2 * n_abnormal - 3) / 3)
+    assert np.isclose(d.margin, abs(np.mean([2 * v - 1 for v in probs.values()])))
 
 
 def test_weights_decide_and_ties_need_review():
     fusion = Fusion({"svm": 0.5, "transfer": 0.3, "cnn3d": 0.2}, FusionConfig(margin_threshold=0.2))
     d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1})  # 0.5 vs 0.5: an exact tie
-    assert d.label is None and d.needs_review and d.review_reason == NO_MAJORITY and d.margin == 0
-    d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.9})  # 0.7 vs 0.3
-    assert d.label == 1 and np.isclose(d.margin, 0.4)
+    assert d.label is None and d.needs_review and d.review_reason == NO_MAJORITY and np.isclose(d.margin, 0)
+    d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.9})  # 0.7 vs 0.3; margin 0.4 - 0.24 + 0.16
+    assert d.label == 1 and np.isclose(d.margin, 0.32)
     d = fusion.decide({"svm": 0.9, "transfer": 0.9, "cnn3d": 0.1})  # 0.8 vs 0.2
     assert d.label == 1 and np.isclose(d.p_abnormal, 0.5 * 0.9 + 0.3 * 0.9 + 0.2 * 0.1)
     narrow = Fusion({"svm": 0.45, "transfer": 0.35, "cnn3d": 0.2}, FusionConfig(margin_threshold=0.2))
-    d = narrow.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1})  # 0.45 vs 0.55: margin 0.1 < 0.2
+    d = narrow.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1})  # 0.45 vs 0.55: margin 0.36 - 0.28 - 0.16
     assert d.label is None and d.review_reason == NO_MAJORITY
     two = Fusion(EQUAL).decide({"svm": 0.9, "transfer": 0.1})  # a missing model: weights renormalised
     assert two.label is None and two.weights == {"svm": 0.5, "transfer": 0.5}
@@ -98,3 +98,32 @@ def test_decision_metrics_count_reviews():
     m = decision_metrics([1, 0, 1, 0], fusion.decide_batch(probs))
     assert m["needs_review"] == 1 and m["coverage"] == 0.75 and m["review_reasons"] == {NO_MAJORITY: 1}
     assert np.isclose(m["accuracy"], 2 / 3) and m["n"] == 4
+
+
+def test_calibration_is_applied_before_the_vote_and_saved(tmp_path):
+    # transfer's raw 0.3 means 'abnormal' once calibrated (shift b = +2 in log-odds)
+    calibration = {"transfer": (1.0, 2.0)}
+    fusion = Fusion(EQUAL, FusionConfig(margin_threshold=0.1), calibration)
+    d = fusion.decide({"svm": 0.9, "transfer": 0.3, "cnn3d": 0.1})
+    cal = 1 / (1 + np.exp(-(np.log(0.3 / 0.7) + 2.0)))
+    assert np.isclose(d.probs["transfer"], cal) and d.votes == {"svm": 1, "transfer": 1, "cnn3d": 0}
+    assert d.label == 1 and np.isclose(d.p_abnormal, (0.9 + cal + 0.1) / 3)
+    assert Fusion(EQUAL, FusionConfig(margin_threshold=0.1)).decide({"svm": 0.9, "transfer": 0.3, "cnn3d": 0.1}).label == 0
+    loaded = Fusion.load(fusion.save(tmp_path / "fusion.json"))
+    assert loaded.calibration == fusion.calibration
+    again = loaded.decide({"svm": 0.9, "transfer": 0.3, "cnn3d": 0.1})
+    assert again.probs == d.probs and again.label == d.label
+
+
+def test_margin_threshold_is_fitted_to_the_review_rate_and_saved(tmp_path):
+    from lungdr.ensemble import fit_margin_threshold
+
+    rng = np.random.default_rng(0)
+    val = {k: rng.uniform(0, 1, 200) for k in EQUAL}
+    fusion = fit_margin_threshold(Fusion(EQUAL, FusionConfig(review_rate=0.1)), val)
+    unclear = np.mean([d.needs_review for d in fusion.decide_batch(val)])
+    # the quantile sets ~10 % below the threshold; count/confidence disagreements can add a few more
+    assert 0.09 <= unclear <= 0.2
+    assert fit_margin_threshold(Fusion(EQUAL, FusionConfig(review_rate=0.0)), val).cfg.margin_threshold == 0.2
+    again = Fusion.load(fusion.save(tmp_path / "fusion.json"))
+    assert again.cfg == fusion.cfg

@@ -86,3 +86,26 @@ def test_mask_stats_and_round_trip(world, tmp_path):
     assert loaded.score_batch(feats) == guard.score_batch(feats)
     with pytest.raises(ModelInputError):
         guard.score_batch({"svm": feats["svm"]})
+
+
+def test_one_combined_threshold_sets_the_overall_false_alarm_rate(tmp_path):
+    """Four independent spaces each at their own 0.9 quantile would flag ~1 - 0.9^4 = 34 % of in-distribution
+    scans; the combined threshold flags ~10 % overall, and a scan far off in one space is still flagged."""
+    rng = np.random.default_rng(21)
+    names = ("svm", "transfer", "cnn3d", "mask")
+
+    def draw(n):
+        return {name: rng.normal(size=(n, 6)) for name in names}
+
+    guard = OODGuard(quantile=0.9, max_components=4).fit(draw(400), draw(400))
+    assert guard.threshold > 1  # the largest of four ratios needs a higher bar than each ratio alone
+    fresh = draw(2000)
+    flagged = np.mean([s[1] for s in guard.score_batch(fresh)])
+    per_space = np.mean(np.max(np.stack(list(guard.ratios(fresh).values()), 1), 1) > 1)
+    assert 0.05 < flagged < 0.16 and per_space > 0.25, (flagged, per_space)
+    odd = draw(1)
+    odd["cnn3d"] = odd["cnn3d"] + 6.0
+    score, is_ood, reason = guard.score(odd)
+    assert is_ood and score > 1 and reason.startswith("cnn3d")
+    loaded = OODGuard.load(guard.save(tmp_path / "g"))
+    assert loaded.threshold == guard.threshold and loaded.score_batch(fresh)[:5] == guard.score_batch(fresh)[:5]

@@ -19,12 +19,15 @@ import math
 import cv2
 import numpy as np
 
+from lungdr.features.regions import ZONES, lung_zones
 from lungdr.models.base import ModelInputError
 
 ORIENTATIONS = (0.0, 45.0, 90.0, 135.0)
 SCALES = (7, 9, 11, 13, 15, 17)
 STATS_PER_FILTER = ("mean_abs", "std", "energy")
 INTENSITY_STATS = ("mean", "std", "p10", "p50", "p90", "lung_fraction")
+ZONE_STATS_PER_FILTER = ("mean_abs", "std")
+ZONE_INTENSITY_STATS = ("mean", "std", "p10", "p50", "p90")
 MIN_MASK_PIXELS = 16  # fewer lung pixels than this: pool over the whole image instead
 
 
@@ -44,9 +47,16 @@ def gabor_bank(orientations=ORIENTATIONS, scales=SCALES) -> list[np.ndarray]:
     return [gabor_kernel(o, int(s)) for s in scales for o in orientations]
 
 
-def feature_names(orientations=ORIENTATIONS, scales=SCALES) -> list[str]:
-    names = [f"g{int(s)}_{int(o)}_{stat}" for s in scales for o in orientations for stat in STATS_PER_FILTER]
-    return names + [f"int_{s}" for s in INTENSITY_STATS]
+def feature_names(orientations=ORIENTATIONS, scales=SCALES, regional: bool = True, hist_bins: int = 16) -> list[str]:
+    """Names of ``gabor_features``' columns, in order (see its docstring for the layout)."""
+    filters = [f"g{int(s)}_{int(o)}" for s in scales for o in orientations]
+    names = [f"{f}_{stat}" for f in filters for stat in STATS_PER_FILTER]
+    names += [f"int_{s}" for s in INTENSITY_STATS]
+    if regional:
+        for zone in ZONES:
+            names += [f"{zone}_{f}_{stat}" for f in filters for stat in ZONE_STATS_PER_FILTER]
+            names += [f"{zone}_int_{s}" for s in ZONE_INTENSITY_STATS]
+    return names + [f"hist_{k}" for k in range(hist_bins)]
 
 
 def _fill_outside(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -57,9 +67,21 @@ def _fill_outside(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return out
 
 
-def gabor_features(image: np.ndarray, mask: np.ndarray, bank: list[np.ndarray]) -> np.ndarray:
-    """``(3 * len(bank) + 6,)`` float32: per filter the mean |response|, std and energy inside the lung
-    field, then intensity stats (mean, std, p10, p50, p90) and the lung area fraction."""
+def _intensity(values: np.ndarray) -> list[float]:
+    p10, p50, p90 = np.percentile(values, [10, 50, 90])
+    return [float(values.mean()), float(values.std()), float(p10), float(p50), float(p90)]
+
+
+def gabor_features(image: np.ndarray, mask: np.ndarray, bank: list[np.ndarray], regional: bool = True,
+                   hist_bins: int = 16) -> np.ndarray:
+    """Texture + intensity features of the lung field, float32, laid out as ``feature_names``:
+
+    * whole field, per filter: mean |response|, std and energy; then intensity mean, std, p10, p50, p90 and
+      the lung area fraction (``3 * len(bank) + 6`` values — the field-pooled features alone);
+    * ``regional``: per lung zone (``regions.ZONES``: left/right x upper/middle/lower), per filter the mean
+      |response| and std, then the zone's intensity mean, std, p10, p50, p90 — where an opacity lies;
+    * ``hist_bins`` > 0: the lung-intensity histogram (shares of lung pixels per equal-width bin of [0, 1]).
+    """
     image = np.asarray(image, dtype=np.float32)
     inside = np.asarray(mask) > 0
     if inside.shape != image.shape:
@@ -68,14 +90,23 @@ def gabor_features(image: np.ndarray, mask: np.ndarray, bank: list[np.ndarray]) 
     if inside.sum() < MIN_MASK_PIXELS:
         inside = np.ones_like(inside)
     src = _fill_outside(image, inside)
-    feats = []
-    for kernel in bank:
-        r = cv2.filter2D(src, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT)[inside]
-        feats += [np.abs(r).mean(), r.std(), np.square(r).mean()]
-    lung = image[inside]
-    p10, p50, p90 = np.percentile(lung, [10, 50, 90])
-    feats += [lung.mean(), lung.std(), p10, p50, p90, lung_fraction]
-    return np.asarray(feats, dtype=np.float32)
+    responses = np.stack([cv2.filter2D(src, cv2.CV_32F, k, borderType=cv2.BORDER_REFLECT) for k in bank])
+    responses = responses.reshape(len(bank), -1)
+    flat = image.ravel()
+
+    def pooled(region: np.ndarray, energy: bool) -> list[np.ndarray]:
+        r = responses[:, np.flatnonzero(region.ravel())]
+        stats = [np.abs(r).mean(1), r.std(1)] + ([np.square(r).mean(1)] if energy else [])
+        return [np.stack(stats, 1).ravel()]
+
+    parts = pooled(inside, True) + [np.asarray(_intensity(flat[inside.ravel()]) + [lung_fraction])]
+    if regional:
+        for zone in lung_zones(inside).values():
+            parts += pooled(zone, False) + [np.asarray(_intensity(flat[zone.ravel()]))]
+    if hist_bins:
+        lung = flat[inside.ravel()]
+        parts.append(np.histogram(lung, bins=hist_bins, range=(0.0, 1.0))[0] / max(len(lung), 1))
+    return np.concatenate(parts).astype(np.float32)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,8 +120,17 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
     return image, mask
 
 
-def gabor_feature_matrix(images, masks, size: int, orientations=ORIENTATIONS, scales=SCALES) -> np.ndarray:
-    """``(N, D)`` features of a batch, each image resized to ``size`` first (Ray Data batches call this)."""
+def gabor_feature_matrix(images, masks, size: int, orientations=ORIENTATIONS, scales=SCALES, regional: bool = True,
+                         hist_bins: int = 16) -> np.ndarray:
+    """``(N, D)`` features of a batch, each image resized to ``size`` first."""
     bank = gabor_bank(orientations, scales)
-    rows = [gabor_features(*resize_pair(img, m, size), bank) for img, m in zip(images, masks)]
-    return np.stack(rows) if rows else np.zeros((0, 3 * len(bank) + len(INTENSITY_STATS)), np.float32)
+    rows = [gabor_features(*resize_pair(img, m, size), bank, regional, hist_bins) for img, m in zip(images, masks)]
+    width = len(feature_names(orientations, scales, regional, hist_bins))
+    return np.stack(rows) if rows else np.zeros((0, width), np.float32)
+
+
+def svm_features(images, masks, cfg) -> np.ndarray:
+    """C1's feature matrix for an ``SVMConfig`` — the ONE place training (local or Ray Data) and prediction
+    turn images into SVM features."""
+    return gabor_feature_matrix(images, masks, cfg.feature_size, cfg.orientations, cfg.scales, cfg.regional,
+                                cfg.hist_bins)

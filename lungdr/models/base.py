@@ -91,6 +91,11 @@ class Classifier(abc.ABC):
     def embed(self, images, masks) -> np.ndarray:
         """``(N, D)`` feature vectors (the model's penultimate representation) for the OOD guard."""
 
+    def predict_and_embed(self, images, masks) -> tuple[np.ndarray, np.ndarray]:
+        """``(predict_proba, embed)`` of the same inputs; models override it to share one pass (the predictor's
+        hot path needs both for every scan)."""
+        return self.predict_proba(images, masks), self.embed(images, masks)
+
     @abc.abstractmethod
     def save(self, directory: str | Path) -> Path:
         """Write ``config.json`` and the weights into ``directory``; returns it."""

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from lungdr.config import LungdrConfig, to_dict
-from lungdr.ensemble import Fusion, decision_metrics, fit_weights
+from lungdr.ensemble import Fusion, decision_metrics, fit_margin_threshold, fit_weights
 from lungdr.metrics import classification_metrics
+from lungdr.models.calibration import apply_platt, fit_calibration
 from lungdr.ood import OODGuard, guard_features
 
 OOD_TRAIN_SAMPLES = 1000  # training rows the guard's statistics are fitted on (random subset)
@@ -35,13 +36,16 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         "classifiers fused by a weighted relative-majority vote; undecided or out-of-distribution scans are flagged "
         "`needs_review` instead of labelled.", "",
         "## Components",
-        "- C1 `svm`: 24 Gabor filters (4 orientations x 6 scales) pooled in the lung field -> PCA -> RBF SVM.",
+        "- C1 `svm`: 24 Gabor filters (4 orientations x 6 scales) pooled in the whole lung field and in six lung "
+        "zones (left/right x upper/middle/lower), lung-intensity statistics + histogram -> PCA -> RBF SVM.",
         f"- C2 `transfer`: Inception-v3, {'ImageNet-pretrained' if pretrained else 'NOT pretrained (random init)'}"
         f" ({classifiers['transfer'].metadata.get('weights_source', '?') if 'transfer' in classifiers else '-'}).",
         "- C3 `cnn3d`: the paper's 3-D CNN on scale-space pseudo-volumes of the DR image"
         + (" after pre-training on synthetic CT phantoms." if training_data.get("ct") else "."),
         f"- Lung segmenter: {'U-Net (segmenter/)' if has_segmenter else 'NONE in this bundle (masks came from the corpus)'}.",
         f"- Fusion weights (validation accuracy log-odds): {json.dumps({k: round(v, 3) for k, v in weights.items()})}",
+        "- Each model's p_abnormal is Platt-calibrated on the validation split before the vote; the fused "
+        "p_abnormal is the weighted mean of the calibrated probabilities.",
         "", "## Validation metrics (patient-disjoint split)", "",
         "| model | accuracy | AUC | sensitivity | specificity | n |", "|---|---|---|---|---|---|", rows, "",
         f"Fusion accuracy counts decided cases only; coverage {_f(metrics.get('fusion', {}).get('coverage'))}, "
@@ -69,16 +73,19 @@ def segmenter_files(segmenter: str | None) -> tuple[dict, dict | None]:
 
 def finish_bundle(out: str, classifiers: dict, train: dict, val: dict, cfg: LungdrConfig, training_data: dict,
                   segmenter: str | None = None, seed: int = 0) -> dict:
-    """Fit fusion weights + OOD guard on ``val`` (dict of ``image``, ``mask``, ``label`` arrays), compute
-    metrics, and write the bundle to ``out``. Returns ``{bundle, model_version, metrics, weights}``."""
+    """Fit per-model calibration, fusion weights and the OOD guard on ``val`` (dict of ``image``, ``mask``,
+    ``label`` arrays), compute metrics (on calibrated probabilities), and write the bundle to ``out``.
+    Returns ``{bundle, model_version, metrics, weights, calibration}``."""
     from lungdr.bundle import open_bundle, write_bundle
 
     y = np.asarray(val["label"]).astype(int)
-    probs = {n: c.predict_proba(list(val["image"]), list(val["mask"]))[:, 1] for n, c in classifiers.items()}
+    raw = {n: c.predict_proba(list(val["image"]), list(val["mask"]))[:, 1] for n, c in classifiers.items()}
+    calibration = fit_calibration(raw, y)
+    probs = {n: apply_platt(p, calibration[n]) for n, p in raw.items()}
     weights = fit_weights(probs, y)
-    fusion = Fusion(weights, cfg.fusion)
+    fusion = fit_margin_threshold(Fusion(weights, cfg.fusion, calibration), raw)
     metrics = {n: classification_metrics(y, p) for n, p in probs.items()}
-    metrics["fusion"] = decision_metrics(y, fusion.decide_batch(probs))
+    metrics["fusion"] = decision_metrics(y, fusion.decide_batch(raw))
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(train["image"]))[:OOD_TRAIN_SAMPLES]
     guard = OODGuard(cfg.fusion.ood_quantile).fit(
@@ -93,7 +100,7 @@ def finish_bundle(out: str, classifiers: dict, train: dict, val: dict, cfg: Lung
             for path in clf.save(tmp / "classifiers" / name).iterdir():
                 files[f"classifiers/{name}/{path.name}"] = path
         files["fusion.json"] = fusion.save(tmp / "fusion.json", ood_thresholds={
-            n: s.threshold for n, s in guard.spaces.items()})
+            n: s.threshold for n, s in guard.spaces.items()}, ood_threshold=guard.threshold)
         for path in guard.save(tmp / "ood").iterdir():
             files[f"ood/{path.name}"] = path
         manifest = {
@@ -107,4 +114,5 @@ def finish_bundle(out: str, classifiers: dict, train: dict, val: dict, cfg: Lung
         }
         card = model_card(classifiers, metrics, weights, training_data, caveats, bool(seg_files))
         write_bundle(out, files, manifest, card)
-    return {"bundle": out, "model_version": open_bundle(out).model_version, "metrics": metrics, "weights": weights}
+    return {"bundle": out, "model_version": open_bundle(out).model_version, "metrics": metrics, "weights": weights,
+            "calibration": fusion.calibration}

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from lungdr.config import SVMConfig, from_dict, to_dict
-from lungdr.features.gabor import gabor_feature_matrix
+from lungdr.features.gabor import svm_features
 from lungdr.models.base import (
     Classifier, ModelInputError, NotFittedError, check_images, check_labels, read_config, write_config,
 )
@@ -62,7 +62,7 @@ class GaborSVM(Classifier):
 
     def features(self, images, masks) -> np.ndarray:
         images, masks = check_images(images, masks)
-        return gabor_feature_matrix(images, masks, self.cfg.feature_size, self.cfg.orientations, self.cfg.scales)
+        return svm_features(images, masks, self.cfg)
 
     def fit(self, images, masks, y, groups=None) -> "GaborSVM":
         return self.fit_features(self.features(images, masks), y, groups)
@@ -111,6 +111,10 @@ class GaborSVM(Classifier):
         """Standardised, PCA-projected Gabor features (what the SVM kernel sees)."""
         return self._fitted()[:-1].transform(self.features(images, masks).astype(np.float64))
 
+    def predict_and_embed(self, images, masks) -> tuple[np.ndarray, np.ndarray]:
+        X = self.features(images, masks).astype(np.float64)  # the Gabor bank runs once for both
+        return self.predict_proba_features(X), self._fitted()[:-1].transform(X)
+
     def save(self, directory) -> Path:
         directory = Path(directory)
         write_config(directory, self.name, to_dict(self.cfg), cv=self.cv_results)
@@ -120,7 +124,8 @@ class GaborSVM(Classifier):
     @classmethod
     def load(cls, directory) -> "GaborSVM":
         meta = read_config(directory)
-        model = cls(from_dict(SVMConfig, meta["config"]))
+        saved = {"regional": False, "hist_bins": 0, **meta["config"]}  # models saved before regional pooling
+        model = cls(from_dict(SVMConfig, saved))
         model.pipeline = joblib.load(Path(directory) / "model.joblib")
         model.cv_results = meta.get("cv", {})
         return model

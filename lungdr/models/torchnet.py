@@ -105,17 +105,27 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int, device) -> np.ndar
 
 
 @torch.no_grad()
-def embed(model: nn.Module, x: np.ndarray, batch_size: int, device) -> np.ndarray:
-    """``(N, D)`` inputs of the final ``fc`` layer (the penultimate representation), eval mode."""
+def predict_and_embed(model: nn.Module, x: np.ndarray, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """One eval-mode pass in batches: ``(N, 2)`` softmax probabilities and the ``(N, D)`` inputs of the final
+    ``fc`` layer (the penultimate representation)."""
     model.eval()
     captured: list[torch.Tensor] = []
+    probs: list[torch.Tensor] = []
     hook = _unwrap(model).fc.register_forward_hook(lambda _m, inp, _o: captured.append(inp[0].detach().cpu()))
     try:
         for i in range(0, len(x), batch_size):
-            model(torch.as_tensor(x[i:i + batch_size], dtype=torch.float32).to(device))
+            logits = model(torch.as_tensor(x[i:i + batch_size], dtype=torch.float32).to(device))
+            probs.append(torch.softmax(logits, 1).cpu())
     finally:
         hook.remove()
-    return torch.cat(captured).double().numpy() if captured else np.zeros((0, 0))
+    if not probs:
+        return np.zeros((0, 2)), np.zeros((0, 0))
+    return torch.cat(probs).double().numpy(), torch.cat(captured).double().numpy()
+
+
+def embed(model: nn.Module, x: np.ndarray, batch_size: int, device) -> np.ndarray:
+    """``(N, D)`` inputs of the final ``fc`` layer (the penultimate representation), eval mode."""
+    return predict_and_embed(model, x, batch_size, device)[1]
 
 
 def state_dict_bytes(model: nn.Module) -> bytes:
@@ -194,6 +204,9 @@ class TorchClassifier(Classifier):
 
     def embed(self, images, masks) -> np.ndarray:
         return embed(self._fitted(), self._prepare(images, masks), self.cfg.batch_size, self.device)
+
+    def predict_and_embed(self, images, masks) -> tuple[np.ndarray, np.ndarray]:
+        return predict_and_embed(self._fitted(), self._prepare(images, masks), self.cfg.batch_size, self.device)
 
     def save(self, directory) -> Path:
         from lungdr.config import to_dict

@@ -51,10 +51,9 @@ def network_inputs(batch: dict, name: str, cfg: dict) -> dict:
 def gabor_rows(batch: dict, cfg: dict) -> dict:
     """Ray Data UDF: Gabor feature vectors of a batch (C1's input)."""
     from lungdr.config import SVMConfig
-    from lungdr.features.gabor import gabor_feature_matrix
+    from lungdr.features.gabor import svm_features
 
-    c = from_dict(SVMConfig, cfg)
-    x = gabor_feature_matrix(list(batch["image"]), list(batch["mask"]), c.feature_size, c.orientations, c.scales)
+    x = svm_features(list(batch["image"]), list(batch["mask"]), from_dict(SVMConfig, cfg))
     return {"features": x, "y": batch["label"].astype(np.int64), "patient": batch["patient"]}
 
 

@@ -38,10 +38,13 @@ def test_features_pool_inside_the_lung_field_only():
     mask = np.zeros((64, 64), np.uint8)
     mask[16:48, 8:30] = 1
     feats = gabor_features(img, mask, bank)
-    assert feats.shape == (len(feature_names()),) == (3 * 24 + 6,)
+    names = feature_names()
+    assert feats.shape == (len(names),) == (3 * 24 + 6 + 6 * (2 * 24 + 5) + 16,)
     changed = img.copy()
     changed[mask == 0] = np.random.default_rng(0).random(int((mask == 0).sum()))  # noise outside the lungs
     near = gabor_features(changed, mask, bank)
-    np.testing.assert_allclose(near[-6:], feats[-6:], rtol=1e-5)  # intensity stats: lung pixels only
+    intensity = [k for k, n in enumerate(names) if "int_" in n]
+    assert len(intensity) == 6 + 6 * 5
+    np.testing.assert_allclose(near[intensity], feats[intensity], rtol=1e-5)  # intensity stats: lung pixels only
     with pytest.raises(ModelInputError):
         gabor_features(img, mask[:-1], bank)

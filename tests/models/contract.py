@@ -74,6 +74,12 @@ class ClassifierContract:
         assert emb.ndim == 2 and emb.shape[0] == len(images) and emb.shape[1] >= 2
         assert np.isfinite(emb).all()
 
+    def test_one_pass_prediction_matches_the_two_calls(self, fitted, data):
+        images, masks, _ = data[1]
+        proba, embedding = fitted.predict_and_embed(images[:3], masks[:3])
+        np.testing.assert_allclose(proba, fitted.predict_proba(images[:3], masks[:3]), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(embedding, fitted.embed(images[:3], masks[:3]), rtol=1e-5, atol=1e-7)
+
     def test_bad_input_gets_typed_errors(self, fitted, data):
         images, masks, y = data[0]
         with pytest.raises(ModelInputError):
