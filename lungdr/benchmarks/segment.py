@@ -20,6 +20,11 @@ from lungdr.benchmarks.common import cycled_items, machine, peak_rss_mb, timer
 from lungdr.rows import Ingest
 
 
+def _sig(x: float) -> float:
+    """Four significant digits (a start-up-bound run on a slow machine can be well below 0.01 images/s)."""
+    return float(f"{x:.4g}")
+
+
 def _device(name: str | None) -> str:
     import torch
 
@@ -109,11 +114,11 @@ def run(args) -> dict:
         "batch_size": batch,
         **runtime,
         "actors": workers,
-        "bare_images_per_s": round(bare_ips, 2),
-        "model_images_per_s": round(model_ips, 2),
-        "ray_images_per_s": round(ray_ips, 2),
-        "ray_steady_images_per_s": round(steady, 2) if steady else None,
-        "ratio_ray_over_bare": round(ray_ips / bare_ips, 3),
+        "bare_images_per_s": _sig(bare_ips),
+        "model_images_per_s": _sig(model_ips),
+        "ray_images_per_s": _sig(ray_ips),
+        "ray_steady_images_per_s": _sig(steady) if steady else None,
+        "ratio_ray_over_bare": _sig(ray_ips / bare_ips),
         "peak_rss_mb": peak_rss_mb(),
         **machine(),
     }
