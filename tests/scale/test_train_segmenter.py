@@ -1,7 +1,10 @@
 """Ray Train U-Net: 2 DDP workers on CPU, per-epoch checkpoints, resume continues where it stopped."""
 
+import os
+
 import numpy as np
 import pytest
+import torch
 
 from lungdr.config import AugmentConfig, SegmenterConfig
 
@@ -17,10 +20,10 @@ def phantom_corpus(tmp_path_factory):
 
 def test_train_checkpoint_and_resume(ray_session, phantom_corpus, tmp_path):
     from lungdr.bundle import open_bundle
-    from lungdr.scale.train_segmenter import latest_run, train_segmenter
+    from lungdr.scale.train_segmenter import STATE, latest_run, train_segmenter
     from lungdr.segmentation.segmenter import Segmenter
 
-    cfg = SegmenterConfig(size=32, base=4, epochs=2, batch_size=4, val_fraction=0.25, lr=3e-3)
+    cfg = SegmenterConfig(size=32, base=4, epochs=2, batch_size=4, val_fraction=0.25, lr=3e-3, ema_decay=0.9)
     storage = str(tmp_path / "runs")
     common = dict(augment=AugmentConfig(), workers=2, cpus_per_worker=0.5, storage=storage, name="seg-test")
     first = train_segmenter(phantom_corpus, str(tmp_path / "b1"), cfg, **common)
@@ -28,6 +31,8 @@ def test_train_checkpoint_and_resume(ray_session, phantom_corpus, tmp_path):
     assert [h["epoch"] for h in first["history"]] == [1, 2]
     assert first["metrics"]["val_n"] == 4 and 0.0 <= first["metrics"]["val_dice"] <= 1.0
     assert latest_run(storage, "seg-test") == first["run"]
+    state = torch.load(os.path.join(first["checkpoint"], STATE), map_location="cpu", weights_only=False)
+    assert state["ema"] is not None and set(state["ema"]) == set(state["model"]), "the weight EMA is checkpointed"
 
     cfg3 = SegmenterConfig(**{**cfg.__dict__, "epochs": 3})
     resumed = train_segmenter(phantom_corpus, str(tmp_path / "b2"), cfg3, resume=True, **common)
