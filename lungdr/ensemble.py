@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -166,8 +166,6 @@ class Fusion:
 def fit_margin_threshold(fusion: "Fusion", val_probs: dict[str, np.ndarray]) -> "Fusion":
     """``fusion`` with ``margin_threshold`` set so that about ``cfg.review_rate`` of the validation cases fall below
     it (the least clear majorities go to TTA and, if still unclear, to review); unchanged when the rate is 0."""
-    from dataclasses import replace
-
     rate = fusion.cfg.review_rate
     if rate <= 0:
         return fusion

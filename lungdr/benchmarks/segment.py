@@ -25,14 +25,6 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    if name in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch
@@ -60,10 +52,11 @@ def run(args) -> dict:
     from lungdr.scale.session import init_ray
     from lungdr.segmentation.segmenter import Segmenter
 
-    device = _device(getattr(args, "device", None))
-    batch = max(1, getattr(args, "batch_size", None) or 16)
-    runtime = {"precision": getattr(args, "precision", None) or "fp32",
-               "channels_last": bool(getattr(args, "channels_last", False))}
+    from lungdr.device import pick_device
+
+    device = str(pick_device(args.device))
+    batch = max(1, args.batch_size or 16)
+    runtime = {"precision": args.precision, "channels_last": bool(args.channels_last)}
     with tempfile.TemporaryDirectory(prefix="lungdr-bench-") as tmp:
         bundle = args.bundle
         if bundle is None:  # real (tiny, phantom-trained) weights: throughput only, not quality

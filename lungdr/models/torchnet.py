@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lungdr.device import pick_device
+from lungdr.errors import BundleError
 from lungdr.models.base import (
     Classifier, NotFittedError, check_images, check_labels, read_config, write_config,
 )
-from lungdr.errors import BundleError
 
 AUX_WEIGHT = 0.4  # Inception's auxiliary-head loss weight
 LUNG_REFERENCE = 0.25  # where the lung field's median intensity is placed by ``lung_referenced``
@@ -37,12 +38,6 @@ def lung_referenced(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def seed_everything(seed: int) -> None:
     """Seed torch's global RNG (weight init, dropout); numpy work takes its own Generator."""
     torch.manual_seed(seed)
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

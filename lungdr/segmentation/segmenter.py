@@ -16,19 +16,13 @@ import numpy as np
 import torch
 
 from lungdr.config import PreprocessConfig, SegmenterConfig, from_dict, to_dict
+from lungdr.device import pick_device
 from lungdr.errors import BundleError, ConfigError
 from lungdr.segmentation.classical import postprocess_mask
 from lungdr.segmentation.unet import UNet, build_unet
 from lungdr.transforms import LetterboxInfo, Preprocess, unletterbox_mask
 
 WEIGHTS, CONFIG = "unet.pt", "config.json"
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Segmenter:
