@@ -113,6 +113,11 @@ def test_multipart_upload_with_mask_at_input_size(client, uploads, expected):
         assert np.mean((mask > 0) == (want["mask"] > 0)) > 0.99
 
 
+def _wrong(token: str) -> str:
+    """The token with its last character changed (always a different token)."""
+    return token[:-1] + ("y" if token.endswith("x") else "x")
+
+
 def _multiframe_dicom() -> bytes:
     from lungdr.testing.dicom import make_dicom
 
@@ -142,7 +147,7 @@ def test_every_error_has_its_code_and_json_shape(server, client, uploads):
     url = f"{server}/v1/predict"
     cases = [
         (401, "unauthorized", dict(data=png)),
-        (401, "unauthorized", dict(data=png, headers={"Authorization": "Bearer " + TOKEN[:-1] + "x"})),
+        (401, "unauthorized", dict(data=png, headers={"Authorization": "Bearer " + _wrong(TOKEN)})),
         (400, "bad_request", dict(files={"image": ("x.png", png, "image/png")}, headers=auth)),
         (400, "bad_request", dict(params={"mask": "perhaps"}, data=png, headers=auth)),
         (413, "too_large", dict(data=png + b"\0" * 600_000, headers=auth)),  # Content-Length says too much
