@@ -17,6 +17,7 @@ COMMANDS = (
     "inspect",
     "ingest",
     "demo",
+    "autolabel",
     "train_segmenter",
     "segment",
     "eval_segmentation",

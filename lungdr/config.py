@@ -58,6 +58,7 @@ class SegmenterConfig:
     seed: int = 0
     threshold: float = 0.5
     pseudo_label_min_quality: float = 0.6
+    pseudo_per_epoch: int = 0  # > 0: each epoch adds this many pseudo-masked images, drawn afresh (0 = all of them)
     lr_schedule: str = "cosine"  # "cosine" (to ~0 over the epochs) | "constant"
     ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights (e.g. 0.995)
     tta_scales: tuple[float, ...] = ()  # test-time zooms averaged with the plain pass (e.g. (0.9, 1.1)); () = off
@@ -131,17 +132,17 @@ class ServeConfig:
     port: int = 8000
     max_upload_mb: float = 32.0
     token_env: str | None = None
-    replicas: int = 1  # per pipeline and model deployment (the minimum when autoscaling)
-    max_replicas: int = 0  # > replicas: autoscale the pipeline and each model deployment between the two
+    replicas: int = 1  # per model deployment (the minimum when autoscaling)
+    max_replicas: int = 0  # > replicas: autoscale each model deployment (and the ingress) up to this
     target_ongoing_requests: float = 8.0  # autoscaling target per model replica
-    ingress_replicas: int = 1
+    ingress_replicas: int = 1  # HTTP + request pipeline (decode, preprocess, vote) replicas
     max_ongoing_requests: int = 64  # per replica; must be >= max_batch_size for batches to fill
-    max_batch_size: int = 8  # requests per pipeline batch; images per model batch
+    max_batch_size: int = 8  # requests per ingress batch; images per model batch
     batch_wait_timeout_s: float = 0.0  # an idle stage waits this for company (three stages in a row)
     adaptive_wait: bool = True  # while a batch runs, the next one collects until it is expected to end
     access_log: bool = True  # Serve's per-request access log of the ingress (internal hops never log)
-    num_cpus: float = 0.0  # per pipeline / model replica (0 lets it share the node's CPUs)
-    num_gpus: float = 0.0  # per pipeline / model replica; > 0 runs the models on CUDA
+    num_cpus: float = 0.0  # per ingress / model replica (0 lets it share the node's CPUs)
+    num_gpus: float = 0.0  # per ingress / model replica; > 0 runs the models on CUDA
     model_retry_s: float = 20.0  # a deployment call is retried this long while a dead replica is replaced
 
 

@@ -68,19 +68,36 @@ def _throughput(clients: dict[str, Client], payloads) -> dict:
     return {label: {**latency_summary(seconds[label], wall[label]), "non_200": bad[label]} for label in clients}
 
 
-def _batch_stats(app: str) -> dict:
-    """Per batched deployment: largest and mean batch (requests for the pipeline, images for the models) and how
-    many calls a batch merged on average."""
+def _raw_stats(app: str) -> dict:
     from ray import serve
 
     from lungdr.scale.serve import BATCHED_DEPLOYMENTS
 
+    return {name: serve.get_deployment_handle(name, app_name=app).stats.remote().result(timeout_s=60)
+            for name in BATCHED_DEPLOYMENTS}
+
+
+def _batch_stats(app: str) -> dict:
+    """Per batched deployment: largest and mean batch (requests for the ingress, images for the models), how many
+    calls a batch merged on average, and the mean ms per batch of each step."""
     out = {}
-    for name in BATCHED_DEPLOYMENTS:
-        s = serve.get_deployment_handle(name, app_name=app).stats.remote().result(timeout_s=60)
+    for name, s in _raw_stats(app).items():
         batches = max(1, s["batches"])
         out[name] = {"max_batch": s["max_batch_size_seen"], "mean_batch": round(s["items"] / batches, 2),
-                     "mean_calls_per_batch": round(s["calls"] / batches, 2)}
+                     "mean_calls_per_batch": round(s["calls"] / batches, 2), "step_ms": s["step_ms"]}
+    return out
+
+
+def _step_ms_between(before: dict, after: dict) -> dict:
+    """Mean ms per batch of each step over the batches run between two ``_raw_stats`` snapshots: for one client
+    sending one request at a time, where a lone request's time goes."""
+    out = {}
+    for name, b in after.items():
+        a = before[name]
+        n = b["batches"] - a["batches"]
+        if n > 0:
+            out[name] = {k: round((v * b["batches"] - a["step_ms"].get(k, 0.0) * a["batches"]) / n, 2)
+                         for k, v in b["step_ms"].items()}
     return out
 
 
@@ -114,7 +131,9 @@ def run(args) -> dict:
         for client in clients.values():  # warm-up: first calls allocate, every replica gets work
             run_load(client, payloads[:CLIENTS], clients=CLIENTS)
         predictor.predict_bytes(payloads[0][0])
+        before = _raw_stats("bench-batched")
         latency = _latency(predictor, clients["batched"], payloads[: min(n, 60)])
+        latency["sequential_step_ms"] = _step_ms_between(before, _raw_stats("bench-batched"))
         throughput = _throughput(clients, payloads)
         stats = {label: _batch_stats(f"bench-{label}") for label in clients}
         serve.shutdown()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import sys
 
 BENCHMARKS = ("ingest", "segment", "train", "score", "serve", "cluster")
 
@@ -26,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"lungdr.benchmarks.{args.name}")
-    result = module.run(args)
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's messages (e.g. at Serve shutdown) never mix into the JSON
+        result = module.run(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

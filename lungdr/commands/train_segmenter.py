@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the latest run of --name from its last checkpoint")
     p.add_argument("--resume-from", default=None, help="start from this checkpoint directory (folder or s3://)")
     p.add_argument("--pseudo-labels", default=None,
-                   help="folder/s3:// of GrabCut pseudo-masks (made there from the unmasked images if absent)")
+                   help="folder/s3:// of pseudo-masks from `lungdr autolabel` (GrabCut ones are made there from this "
+                        "corpus's unmasked images if absent)")
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--local", action="store_true", help="train in this process without Ray (one CPU/GPU)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")

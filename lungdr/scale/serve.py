@@ -1,12 +1,12 @@
-"""Online inference as a Ray Serve application: a thin HTTP ingress, a batched pipeline, four batched models.
+"""Online inference as a Ray Serve application: an HTTP ingress that batches requests, four batched models.
 
-    HTTP ─▶ LungdrIngress (FastAPI: auth, size and format checks, read the body)
-               └─▶ PipelineDeployment (batches requests: decode + preprocess, the paper's vote with TTA / OOD)
-                      ├─▶ SegmenterDeployment   (U-Net lung masks)
-                      └─▶ SVMDeployment │ TransferDeployment │ CNN3DDeployment   (C1, C2, C3 in parallel)
+    HTTP ─▶ LungdrIngress (FastAPI: auth, size and format checks; then batches requests: decode + preprocess,
+               │           the paper's vote with TTA / OOD)
+               ├─▶ SegmenterDeployment   (U-Net lung masks)
+               └─▶ SVMDeployment │ TransferDeployment │ CNN3DDeployment   (C1, C2, C3 in parallel)
 
-The per-request CPU work sits in the pipeline, whose batch makes ONE call per model with the stacked images; the
-model deployments batch again (in images), merging calls from several pipeline replicas. Each stage is a plain
+The per-request CPU work sits in the ingress, whose batch makes ONE call per model with the stacked images; the
+model deployments batch again (in images), merging calls from several ingress replicas. Each stage is a plain
 class in ``serve_stages`` plus a one-line ``@serve.deployment`` subclass here. ``build_app(args)`` is the
 application builder for ``serve run lungdr.scale.serve:build_app bundle_uri=...``, ``serve deploy`` and KubeRay.
 """
@@ -26,20 +26,22 @@ from lungdr.config import ServeConfig, from_dict, load_config, to_dict
 from lungdr.errors import ConfigError
 from lungdr.scale.serve_api import make_api
 from lungdr.scale.serve_stages import (CNN3DServer, PipelineServer, SegmenterServer, SVMServer, TransferServer,
-                                       call_with_retry, raise_if_error)
+                                       raise_if_error)
 
 # Ray Serve knobs for a short request path (Ray 2.60), each unless the environment already sets it: handle calls
 # over gRPC instead of Ray actor calls, user code and router on the replica's own event loop, request-path logs
-# buffered, and gRPC messages up to 256 MiB (the default 4 MiB is less than one large DICOM or a stacked batch).
+# buffered and written to Serve's log files only (not also to stderr, which Ray would ship to the driver), and gRPC
+# messages up to 256 MiB (the default 4 MiB is less than one large DICOM or a stacked batch).
 SERVE_ENV_DEFAULTS = {
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(256 * 2**20),
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_SERVE_LOG_TO_STDERR": "0",
 }
 MODEL_DEPLOYMENTS = ("SegmenterDeployment", "SVMDeployment", "TransferDeployment", "CNN3DDeployment")
-BATCHED_DEPLOYMENTS = ("PipelineDeployment",) + MODEL_DEPLOYMENTS
+BATCHED_DEPLOYMENTS = ("LungdrIngress",) + MODEL_DEPLOYMENTS
 
 
 @serve.deployment
@@ -62,40 +64,33 @@ class CNN3DDeployment(CNN3DServer):
     """C3: 3-D CNN replica."""
 
 
-@serve.deployment
-class PipelineDeployment(PipelineServer):
-    """Request-batching replica: decode, preprocess, model calls, vote."""
-
-
 # ---------------------------------------------------------------- ingress
 
 
-class IngressServer:
-    """The HTTP face: ``make_api`` checks auth, size and format, then each upload goes to the pipeline.
+class IngressServer(PipelineServer):
+    """The HTTP face and the request pipeline in one replica (one hop less per request): ``make_api`` checks auth,
+    size and format, then uploads batch here (decode, preprocess, one stacked call per model, the vote).
     ``settings`` is a ``ServeConfig`` as a dict."""
 
-    def __init__(self, pipeline, settings: dict | None = None):
+    def __init__(self, segmenter, svm, transfer, cnn3d, settings: dict | None = None, bundle_uri: str = "",
+                 device: str | None = None):
         self.cfg: ServeConfig = from_dict(ServeConfig, settings)
-        self.pipeline = pipeline
-        self.token = read_token(self.cfg.token_env)
-        self._card: dict | None = None
+        self.token = read_token(self.cfg.token_env)  # before the models load: a misconfigured app fails fast
+        super().__init__(segmenter, svm, transfer, cnn3d, bundle_uri=bundle_uri,
+                         max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_timeout_s,
+                         device=device, adaptive_wait=self.cfg.adaptive_wait, retry_s=self.cfg.model_retry_s)
 
     def __serve_build_asgi_app__(self):
         return make_api(self, max_upload_bytes=int(self.cfg.max_upload_mb * 2**20), token=self.token)
 
     async def predict(self, data: bytes, want_mask: bool = False) -> dict:
-        return raise_if_error(await call_with_retry(self.pipeline, data, want_mask, retry_s=self.cfg.model_retry_s))
-
-    async def _model_card(self) -> dict:
-        if self._card is None:
-            self._card = await call_with_retry(self.pipeline.card, retry_s=self.cfg.model_retry_s)
-        return self._card
+        return raise_if_error(await self.submit(data, want_mask))
 
     async def health(self) -> dict:
-        return {"status": "ok", "model_version": (await self._model_card())["model_version"]}
+        return {"status": "ok", "model_version": self.predictor.model_version}
 
     async def card(self) -> dict:
-        card = dict(await self._model_card())
+        card = self.model_card()
         card["serving"] = {k: v for k, v in to_dict(self.cfg).items() if k not in ("host", "port")}
         return card
 
@@ -103,7 +98,7 @@ class IngressServer:
 @serve.deployment
 @serve.ingress()
 class LungdrIngress(IngressServer):
-    """HTTP ingress replica (FastAPI app built at replica start by ``__serve_build_asgi_app__``)."""
+    """HTTP ingress + pipeline replica (FastAPI app built at replica start by ``__serve_build_asgi_app__``)."""
 
 
 def serve_env() -> dict[str, str]:
@@ -172,20 +167,23 @@ def app_settings(args: dict) -> tuple[str, ServeConfig]:
     return str(bundle_uri), cfg
 
 
-def model_options(cfg: ServeConfig, concurrent_batches: int = 1) -> dict:
-    """``Deployment.options`` for the pipeline and model deployments: replicas or autoscaling, CPU/GPU share,
-    queue depth (room for every concurrent batch to fill)."""
+def model_options(cfg: ServeConfig, concurrent_batches: int = 1, replicas: int | None = None,
+                  access_log: bool = False) -> dict:
+    """``Deployment.options`` for the ingress and model deployments: ``replicas`` (default ``cfg.replicas``) or
+    autoscaling from there up to ``cfg.max_replicas``, CPU/GPU share, queue depth (room for every concurrent batch
+    to fill), access log (the ingress logs each request; internal hops never do)."""
+    replicas = cfg.replicas if replicas is None else replicas
     actor = {"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": serve_env()}}
     if cfg.num_gpus > 0:
         actor["num_gpus"] = cfg.num_gpus
     depth = max(cfg.max_ongoing_requests, cfg.max_batch_size * concurrent_batches)
     opts: dict = {"ray_actor_options": actor, "max_ongoing_requests": depth,
-                  "logging_config": {"enable_access_log": False}}  # internal hops: the ingress logs the request
-    if cfg.max_replicas > cfg.replicas:
-        opts["autoscaling_config"] = {"min_replicas": cfg.replicas, "max_replicas": cfg.max_replicas,
+                  "logging_config": {"enable_access_log": access_log}}
+    if cfg.max_replicas > replicas:
+        opts["autoscaling_config"] = {"min_replicas": replicas, "max_replicas": cfg.max_replicas,
                                       "target_ongoing_requests": cfg.target_ongoing_requests}
     else:
-        opts["num_replicas"] = cfg.replicas
+        opts["num_replicas"] = replicas
     return opts
 
 
@@ -198,15 +196,9 @@ def build_app(args: dict):
                  adaptive_wait=cfg.adaptive_wait)
     models = [d.options(**model_options(cfg)).bind(**stage)
               for d in (SegmenterDeployment, SVMDeployment, TransferDeployment, CNN3DDeployment)]
-    pipeline = PipelineDeployment.options(**model_options(cfg, PipelineServer.concurrent_batches)).bind(
-        *models, retry_s=cfg.model_retry_s, **stage)
-    ingress = LungdrIngress.options(
-        num_replicas=cfg.ingress_replicas,
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.num_cpus, "runtime_env": {"env_vars": serve_env()}},
-        logging_config={"enable_access_log": cfg.access_log},
-    )
-    return ingress.bind(pipeline, settings=to_dict(cfg))
+    ingress = LungdrIngress.options(**model_options(cfg, PipelineServer.concurrent_batches, cfg.ingress_replicas,
+                                                    access_log=cfg.access_log))
+    return ingress.bind(*models, settings=to_dict(cfg), bundle_uri=bundle_uri, device=stage["device"])
 
 
 def start(args: dict, host: str | None = None, port: int | None = None, name: str = "lungdr",

@@ -1,13 +1,14 @@
 """The batched stages of the Serve application, as plain classes (usable and testable without Serve).
 
     PipelineServer   (batches *requests*: decode + preprocess the batch, ONE call per model with the stacked
-                      batch, then the paper's vote with TTA re-predict / OOD / needs_review per request)
+                      batch, then the paper's vote with TTA re-predict / OOD / needs_review per request;
+                      the HTTP ingress of ``lungdr.scale.serve`` is one)
       ├─▶ SegmenterServer                       (U-Net lung masks)
       └─▶ SVMServer │ TransferServer │ CNN3DServer   (C1, C2, C3 in parallel)
 
 Every stage batches with ``serve.batch`` on a per-instance bound method, so batch size and wait come from
 ``ServeConfig`` at start-up and each replica keeps its own queue and statistics (``stats()``). Model stages count
-their batch in images (``batch_size_fn``), so stacked calls from several pipeline replicas merge into one forward.
+their batch in images (``batch_size_fn``), so stacked calls from several ingress replicas merge into one forward.
 
 ``AdaptiveWait`` fixes what a fixed ``batch_wait_timeout_s`` gets wrong on slow stages: ``serve.batch`` keeps
 forming batches while one is running, so under load a fixed short wait yields a queue of tiny batches. Here a
@@ -137,8 +138,15 @@ class BatchedStage:
                                     max_concurrent_batches=self.concurrent_batches,
                                     batch_size_fn=self.batch_size)(self._run_batch)
         self._largest, self._batches, self._items, self._calls = 0, 0, 0, 0
+        self._seconds: dict[str, float] = {}  # time per step, summed over batches (see ``stats``)
 
-    async def __call__(self, *args):
+    def _add_time(self, step: str, since: float) -> float:
+        now = time.perf_counter()
+        self._seconds[step] = self._seconds.get(step, 0.0) + now - since
+        return now
+
+    async def submit(self, *args):
+        """Queue one call for the next batch and wait for its answer."""
         if self.wait is not None:
             self._batched.set_batch_wait_timeout_s(self.wait.next_wait())
         return await self._batched(*args)
@@ -158,9 +166,11 @@ class BatchedStage:
         raise NotImplementedError
 
     def stats(self) -> dict:
-        """Largest batch seen (in items), number of batches, items and calls since start (per replica)."""
+        """Largest batch seen (in items), number of batches, items and calls since start, and the mean time per
+        batch of each step in ms (``step_ms``; per replica)."""
+        per = max(self._batches, 1)
         return {"max_batch_size_seen": self._largest, "batches": self._batches, "items": self._items,
-                "calls": self._calls}
+                "calls": self._calls, "step_ms": {k: round(v * 1000 / per, 3) for k, v in self._seconds.items()}}
 
 
 def rows(calls: list) -> int:
@@ -173,10 +183,15 @@ class ModelStage(BatchedStage):
 
     batch_size = staticmethod(rows)
 
+    async def __call__(self, *arrays):  # what a deployment handle's ``.remote(...)`` calls
+        return await self.submit(*arrays)
+
     async def run_batch(self, *columns: list) -> list:
         sizes = [len(c) for c in columns[0]]
         stacked = [np.concatenate(c) for c in columns]
+        t0 = time.perf_counter()
         out = await asyncio.to_thread(self.run, *stacked)
+        self._add_time("compute", t0)
         edges = np.cumsum([0] + sizes)
         return [self.take(out, a, b) for a, b in zip(edges[:-1], edges[1:])]
 
@@ -239,14 +254,18 @@ class PipelineServer(BatchedStage):
         return await call_with_retry(handle, *args, retry_s=self.retry_s)
 
     async def run_batch(self, uploads: list, want_masks: list) -> list:
+        t = time.perf_counter()
         prepared = await asyncio.to_thread(lambda: [self.prepare(d) for d in uploads])
+        t = self._add_time("prepare", t)
         good = [i for i, p in enumerate(prepared) if "error" not in p]
         results: list = list(prepared)
         if good:
             x = np.stack([prepared[i]["image"] for i in good])
             try:
                 masks = await self.call(self.segmenter, x)
+                t = self._add_time("segmenter_call", t)
                 scores = await asyncio.gather(*(self.call(h, x, masks) for h in self.classifiers.values()))
+                t = self._add_time("classifier_calls", t)
             except ApiError as exc:
                 return [p if "error" in p else error_answer(exc.status, exc.code, exc.message, exc.headers)
                         for p in prepared]
@@ -256,6 +275,7 @@ class PipelineServer(BatchedStage):
                                                       for n, s in classified.items()},
                                      prepared[i]["info"], bool(want_masks[i]))
                          for k, i in enumerate(good)])
+            self._add_time("finish", t)
             for i, result in zip(good, done):
                 results[i] = result
         return results
@@ -279,7 +299,7 @@ class PipelineServer(BatchedStage):
             out["mask"] = mask_png_base64(unletterbox(mask, info, "nearest"))
         return out
 
-    def card(self) -> dict:
+    def model_card(self) -> dict:
         card = plain(self.predictor.card())
         card["model_version"] = self.predictor.model_version
         return card

@@ -1,7 +1,9 @@
 """Distributed U-Net training with Ray Train (``TorchTrainer``, DDP over N workers, CPU or GPU).
 
-The driver lists the corpus, splits it by patient, adds accepted GrabCut pseudo-masks to the training side, and
-hands Ray Data ingestion pipelines (``lungdr.scale.data.ingest``) to the trainer. Each worker augments its shard on
+The driver lists the corpus, splits it by patient, adds accepted pseudo-masks (GrabCut or a U-Net teacher) to the
+training side, and hands Ray Data ingestion pipelines (``lungdr.scale.data.ingest``) to the trainer. With
+``pseudo_per_epoch`` the pseudo-masks are a dataset of their own: each worker holds its shard of them (and of the
+human masks) in memory and draws its share afresh every epoch, the same rows on every rank count. Each worker augments its shard on
 the fly, runs ``train_one_epoch`` and ``evaluate`` (the same functions as the local loop), and reports the validation
 Dice with a checkpoint every epoch. A run resumes from the latest checkpoint of the latest run of the same name
 (Ray Train restores the run's checkpoint history) or from an explicit checkpoint path. The best-validation weights
@@ -73,6 +75,27 @@ def _numpy_batches(shard, batch_size: int, augment=None, rng=None, shuffle_buffe
         yield x, y
 
 
+def _shard_arrays(shard, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A worker's whole shard of ``{image, mask}`` rows as two arrays (``(0, size, size)`` when it got none)."""
+    images = [np.zeros((0, size, size), np.float32)]
+    masks = [np.zeros((0, size, size), np.uint8)]
+    for b in shard.iter_batches(batch_size=256, batch_format="numpy"):
+        images.append(b["image"].astype(np.float32)), masks.append(b["mask"].astype(np.uint8))
+    return np.concatenate(images), np.concatenate(masks)
+
+
+def _epoch_batches(config: dict, cfg: SegmenterConfig, train_shard, mixed, augment, rng):
+    """The training batches of one epoch: streamed from the shard, or with pseudo-masks (``mixed`` =
+    ``(images, masks, n_human, n_pseudo, per_worker)`` in memory) every human row plus a fresh pseudo draw."""
+    from lungdr.segmentation.training import epoch_order, iterate_batches
+
+    if mixed is None:
+        return _numpy_batches(train_shard, cfg.batch_size, augment, rng, config.get("shuffle_buffer"))
+    images, masks, n_human, n_pseudo, per_worker = mixed
+    order = epoch_order(n_human, n_pseudo, per_worker, rng)
+    return iterate_batches(images, masks, cfg.batch_size, rng, augment, order)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: DDP U-Net training on the ``train`` shard, validation on the ``val`` shard."""
     from ray.train.torch import get_device, prepare_model
@@ -108,11 +131,18 @@ def train_loop_per_worker(config: dict) -> None:
     augment = PairedAugment(from_dict(AugmentConfig, config["augment"])) if config.get("augment") else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
+    mixed = None
+    if config.get("pseudo_dataset"):
+        human = _shard_arrays(train_shard, cfg.size)
+        pseudo = _shard_arrays(ray.train.get_dataset_shard("pseudo"), cfg.size)
+        per_worker = -(-cfg.pseudo_per_epoch // ctx.get_world_size())
+        mixed = (np.concatenate([human[0], pseudo[0]]), np.concatenate([human[1], pseudo[1]]), len(human[0]),
+                 len(pseudo[0]), per_worker)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch, rank])
-        loss = train_one_epoch(model, optimizer, _numpy_batches(train_shard, cfg.batch_size, augment, rng,
-                                                                config.get("shuffle_buffer")), device, ema)
+        loss = train_one_epoch(model, optimizer, _epoch_batches(config, cfg, train_shard, mixed, augment, rng),
+                               device, ema)
         scheduler.step()
         # Rank 0 validates on the whole (unsplit) val set, with the unwrapped module (DDP's forward is a collective);
         # an equal split across workers could drop up to world_size - 1 validation images.
@@ -194,7 +224,7 @@ def train_segmenter(
 
     from lungdr.scale.storage import filesystem_for
     from lungdr.segmentation.segmenter import Segmenter
-    from lungdr.segmentation.training import best_metrics, training_items, write_segmenter_bundle
+    from lungdr.segmentation.training import best_metrics, is_pseudo, training_items, write_segmenter_bundle
     from lungdr.segmentation.unet import UNet
 
     cfg = cfg or SegmenterConfig()
@@ -206,6 +236,13 @@ def train_segmenter(
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     train_items, val_items, desc = training_items(data, cfg, pseudo_labels)
+    datasets, split = {"val": _mask_rows(data, val_items, pre)}, ["train"]
+    pseudo = [i for i in train_items if is_pseudo(i)] if cfg.pseudo_per_epoch > 0 else []
+    if pseudo:  # a dataset of their own, drawn from afresh every epoch
+        train_items = [i for i in train_items if not is_pseudo(i)]
+        datasets["pseudo"], split = _mask_rows(data, pseudo, pre), ["train", "pseudo"]
+        desc["pseudo_masks_per_epoch"] = min(cfg.pseudo_per_epoch, len(pseudo))
+    datasets["train"] = _mask_rows(data, train_items, pre)
     run = latest_run(storage, name) if resume else None
     run = run or f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     path, fs = filesystem_for(storage) if storage else (None, None)
@@ -214,12 +251,13 @@ def train_segmenter(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"segmenter": to_dict(cfg), "augment": to_dict(augment) if augment else None, "attempt": attempt,
-                           "resume_from": resume_from, "shuffle_buffer": max(8 * cfg.batch_size, 256)},
+                           "resume_from": resume_from, "shuffle_buffer": max(8 * cfg.batch_size, 256),
+                           "pseudo_dataset": bool(pseudo)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run, storage_path=path, storage_filesystem=fs,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        datasets={"train": _mask_rows(data, train_items, pre), "val": _mask_rows(data, val_items, pre)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=split),
     )
     result = trainer.fit()
     if result.error:

@@ -1,4 +1,5 @@
-"""Auto-labelling: GrabCut pseudo-masks with a quality score for images that have no human mask.
+"""Auto-labelling: pseudo-masks with a quality score for images that have no human mask, made by GrabCut or by a
+trained U-Net (a teacher: ``Segmenter``), whose masks are far better once a first model exists (self-training).
 
 ``make_pseudo_labels`` writes ``<out>/masks/<id>.png`` (0/255, the image's own size) and ``<out>/pseudo_labels.csv``
 (``id, uri, mask_uri, patient, quality``); ``pseudo_items`` reads back those with ``quality >= min_quality`` as
@@ -20,14 +21,30 @@ TABLE = "pseudo_labels.csv"
 FIELDS = ("id", "uri", "mask_uri", "patient", "quality", "error")
 
 
-def autolabel(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """A GrabCut lung pseudo-mask (uint8 0/1, the image's size) and its quality in [0, 1]."""
-    return grabcut_mask(image)
+def autolabel(image: np.ndarray, segmenter=None) -> tuple[np.ndarray, float]:
+    """A lung pseudo-mask (uint8 0/1, the image's size) and its quality in [0, 1]: GrabCut, or the U-Net
+    ``segmenter`` when given."""
+    if segmenter is None:
+        return grabcut_mask(image)
+    prepared, info = segmenter.pre(image)
+    prob = segmenter.probabilities(prepared[None])[0]
+    return segmenter.masks_from_probabilities(prob, info), unet_quality(prob, segmenter.cfg.threshold)
 
 
-def make_pseudo_labels(items: list, out_uri: str) -> list[dict]:
-    """Pseudo-label every item (``id``, ``uri``, ``patient`` attributes or keys); an unreadable image becomes a row
-    with ``quality`` 0 and an ``error``. Returns the table rows."""
+def unet_quality(prob: np.ndarray, threshold: float = 0.5, band: float = 0.4) -> float:
+    """Confidence of a U-Net mask: 1 - (pixels with ``|p - 0.5| < band``) / (predicted lung pixels), in [0, 1].
+    A confident mask is unsure only along a thin rim; a confused one has wide grey zones (or no lung at all)."""
+    lung = int((prob >= threshold).sum())
+    if lung == 0:
+        return 0.0
+    unsure = int((np.abs(prob - 0.5) < band).sum())
+    return float(np.clip(1.0 - unsure / lung, 0.0, 1.0))
+
+
+def make_pseudo_labels(items: list, out_uri: str, segmenter=None) -> list[dict]:
+    """Pseudo-label every item (``id``, ``uri``, ``patient`` attributes or keys) with GrabCut, or with the U-Net
+    ``segmenter`` when given; an unreadable image becomes a row with ``quality`` 0 and an ``error``. Returns the
+    table rows."""
     from lungdr.io import decode, join_uri, read_bytes, write_bytes
 
     rows = []
@@ -36,7 +53,7 @@ def make_pseudo_labels(items: list, out_uri: str) -> list[dict]:
         row = {"id": str(get("id")), "uri": str(get("uri")), "mask_uri": "", "patient": str(get("patient") or get("id")),
                "quality": 0.0, "error": ""}
         try:
-            mask, quality = autolabel(decode(read_bytes(row["uri"]), row["uri"]).image)
+            mask, quality = autolabel(decode(read_bytes(row["uri"]), row["uri"]).image, segmenter)
             ok, png = cv2.imencode(".png", mask * 255)
             row["mask_uri"] = join_uri(out_uri, "masks", f"{row['id']}.png")
             write_bytes(row["mask_uri"], png.tobytes())

@@ -48,12 +48,18 @@ def training_items(data: str, cfg: SegmenterConfig, pseudo_labels: str | None = 
         if not has_pseudo_labels(pseudo_labels):
             make_pseudo_labels([i for i in items if not i.mask_uri], pseudo_labels)
         val_patients = {i.patient for i in val}
-        pseudo = [p for p in pseudo_items(pseudo_labels, cfg.pseudo_label_min_quality) if p["patient"] not in val_patients]
+        human = {i.id for i in items if i.mask_uri}  # an image with a human mask never trains on its pseudo-mask
+        pseudo = [p for p in pseudo_items(pseudo_labels, cfg.pseudo_label_min_quality)
+                  if p["patient"] not in val_patients and p["id"] not in human]
     desc = {"source": data, "human_masks_train": len(train), "human_masks_val": len(val), "pseudo_masks_train": len(pseudo),
             "pseudo_label_min_quality": cfg.pseudo_label_min_quality if pseudo_labels else None,
             "split": f"patient-disjoint, val_fraction {cfg.val_fraction}, seed {cfg.seed}",
             "patients_train": len({i.patient for i in train}), "patients_val": len({i.patient for i in val})}
     return list(train) + pseudo, list(val), desc
+
+
+def is_pseudo(item) -> bool:
+    return isinstance(item, dict) and bool(item.get("pseudo"))
 
 
 def load_arrays(items: Iterable, pre: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -91,15 +97,26 @@ def iterate_batches(
     batch_size: int,
     rng: np.random.Generator | None = None,
     augment: Callable | None = None,
+    order: np.ndarray | None = None,
 ) -> Iterator[Batch]:
-    """Shuffled (when ``rng`` is given), optionally augmented mini-batches over in-memory arrays."""
-    order = rng.permutation(len(images)) if rng is not None else np.arange(len(images))
+    """Shuffled (when ``rng`` is given), optionally augmented mini-batches over in-memory arrays (the rows in
+    ``order`` when given)."""
+    if order is None:
+        order = rng.permutation(len(images)) if rng is not None else np.arange(len(images))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         if augment is not None and rng is not None:
             yield augment_batch(images[idx], masks[idx], augment, rng)
         else:
             yield images[idx], masks[idx]
+
+
+def epoch_order(n_human: int, n_pseudo: int, per_epoch: int, rng: np.random.Generator) -> np.ndarray:
+    """Row order of one epoch over ``[human rows, pseudo rows]``: every human row plus ``per_epoch`` pseudo rows
+    drawn afresh without replacement (all of them when ``per_epoch`` is 0 or exceeds ``n_pseudo``), shuffled."""
+    k = n_pseudo if per_epoch <= 0 else min(per_epoch, n_pseudo)
+    drawn = n_human + rng.choice(n_pseudo, size=k, replace=False) if k else np.zeros(0, int)
+    return rng.permutation(np.concatenate([np.arange(n_human), drawn]).astype(int))
 
 
 def _tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,8 +207,10 @@ def fit_local(
     augment_cfg: AugmentConfig | None = AugmentConfig(),
     device: str | None = None,
     log: Callable[[dict], None] | None = None,
+    pseudo: Batch | None = None,
 ):
-    """Single-process training loop; returns ``(Segmenter with the best-validation weights, history)``."""
+    """Single-process training loop; returns ``(Segmenter with the best-validation weights, history)``. ``pseudo``
+    (pseudo-masked images) joins each epoch as ``cfg.pseudo_per_epoch`` fresh draws (all when 0)."""
     from lungdr.augment import PairedAugment
     from lungdr.segmentation.segmenter import Segmenter
     from lungdr.segmentation.unet import make_optimizer, make_scheduler
@@ -204,10 +223,14 @@ def fit_local(
     ema = make_ema(model, cfg)
     shipped = ema.model if ema is not None else model  # the weights that are validated and saved
     rng = np.random.default_rng(cfg.seed)
+    n_human, n_pseudo = len(train[0]), 0 if pseudo is None else len(pseudo[0])
+    if n_pseudo:
+        train = (np.concatenate([train[0], pseudo[0]]), np.concatenate([train[1], pseudo[1]]))
     history, best, best_state = [], -1.0, None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, iterate_batches(*train, cfg.batch_size, rng, augment), dev, ema)
+        order = epoch_order(n_human, n_pseudo, cfg.pseudo_per_epoch, rng)
+        loss = train_one_epoch(model, optimizer, iterate_batches(*train, cfg.batch_size, rng, augment, order), dev, ema)
         scheduler.step()
         metrics = evaluate(shipped, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
         rec = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
@@ -240,9 +263,12 @@ def train_local(data: str, out: str, cfg: SegmenterConfig, pre: PreprocessConfig
     """Single-process training on ``data`` (no Ray) that writes the same bundle as the Ray Train path."""
     pre = pre or PreprocessConfig(size=cfg.size)
     train, val, desc = training_items(data, cfg, pseudo_labels)
-    tr, va = load_arrays(train, pre), load_arrays(val, pre)
-    desc["unreadable"] = len(tr[2]) + len(va[2])
-    seg, history = fit_local(tr[:2], va[:2], cfg, pre, augment_cfg, device, log)
+    human = [i for i in train if not is_pseudo(i)]
+    tr, va, ps = load_arrays(human, pre), load_arrays(val, pre), load_arrays([i for i in train if is_pseudo(i)], pre)
+    desc["unreadable"] = len(tr[2]) + len(va[2]) + len(ps[2])
+    if cfg.pseudo_per_epoch and len(ps[0]):
+        desc["pseudo_masks_per_epoch"] = min(cfg.pseudo_per_epoch, len(ps[0]))
+    seg, history = fit_local(tr[:2], va[:2], cfg, pre, augment_cfg, device, log, pseudo=ps[:2])
     metrics = best_metrics(history, workers=1, device=str(seg.device))
     write_segmenter_bundle(out, seg, metrics, desc)
     return {"bundle": out, "metrics": metrics, "history": history}

@@ -59,3 +59,23 @@ def test_bad_requests_exit_2(sample_dir, tmp_path, capsys):
     assert main(["segment", "--input", str(sample_dir), "--output", str(tmp_path)]) == 2
     assert main(["train-segmenter", "--local", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
     assert "config" in capsys.readouterr().err
+
+
+def test_autolabel_with_the_unet_as_teacher(sample_dir, bundle, tmp_path, capsys):
+    """`lungdr autolabel --bundle` labels every image that has no human mask (here: a corpus of bare images)."""
+    import shutil
+
+    data = tmp_path / "unlabelled" / "images"
+    data.mkdir(parents=True)
+    for p in sorted((sample_dir / "images").glob("*.png"))[:3]:
+        shutil.copy(p, data / p.name)
+    out = tmp_path / "pseudo"
+    with torch_threads(1):
+        rc = main(["autolabel", "--data", str(data.parent), "--out", str(out), "--bundle", str(bundle)])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == "unet" and summary["images"] == 3 and summary["errors"] == 0
+    for p in data.iterdir():
+        mask = cv2.imread(str(out / "masks" / p.name), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape
+    assert (out / "pseudo_labels.csv").read_text().count("\n") == 4

@@ -195,10 +195,12 @@ def test_bounded_load_batches_and_matches_predictor(client, uploads, expected):
         else:
             assert a.status == 200, a.body
             _same(a.body, expected[a.index % len(uploads)])
-    for name in ("PipelineDeployment", "SegmenterDeployment", "SVMDeployment", "TransferDeployment",
+    for name in ("LungdrIngress", "SegmenterDeployment", "SVMDeployment", "TransferDeployment",
                  "CNN3DDeployment"):
         stats = _stats(name)
         assert stats["items"] >= len(payloads) - 12 and stats["max_batch_size_seen"] > 1, (name, stats)
+        steps = {"prepare", "segmenter_call", "classifier_calls", "finish"} if name == "LungdrIngress" else {"compute"}
+        assert set(stats["step_ms"]) == steps and all(v > 0 for v in stats["step_ms"].values()), (name, stats)
 
 
 def test_model_deployment_merges_concurrent_calls(server, predictor):

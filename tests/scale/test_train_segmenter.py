@@ -48,3 +48,29 @@ def test_train_checkpoint_and_resume(ray_session, phantom_corpus, tmp_path):
     assert bundle.manifest["training_data"]["human_masks_val"] == 4
     seg = Segmenter.from_bundle(resumed["bundle"])
     assert seg.cfg.size == 32 and seg.predict(np.zeros((40, 50), np.float32)).shape == (40, 50)
+
+
+def test_pseudo_masks_drawn_afresh_each_epoch_across_ddp_workers(ray_session, phantom_corpus, tmp_path):
+    """``pseudo_per_epoch`` on Ray Train: pseudo-masks (a U-Net teacher's, from another corpus) are a dataset of
+    their own that every worker draws from each epoch; odd shard sizes must not leave DDP ranks out of step."""
+    from lungdr.bundle import open_bundle
+    from lungdr.io import load_corpus
+    from lungdr.scale.train_segmenter import train_segmenter
+    from lungdr.segmentation.autolabel import make_pseudo_labels
+    from lungdr.synthetic import write_dr_corpus
+    from lungdr.testing.segmenter import tiny_segmenter, torch_threads
+
+    extra = tmp_path / "extra"
+    write_dr_corpus(str(extra), 7, size=48, seed=3)
+    with torch_threads(1):
+        teacher, _ = tiny_segmenter(size=32, n=8, epochs=5)
+    unmasked = [{"id": f"x-{i.id}", "uri": i.uri, "patient": f"x-{i.patient}"} for i in load_corpus(str(extra))]
+    make_pseudo_labels(unmasked, str(tmp_path / "pseudo"), teacher)
+    cfg = SegmenterConfig(size=32, base=4, epochs=2, batch_size=2, val_fraction=0.25, pseudo_per_epoch=3,
+                          pseudo_label_min_quality=0.0)
+    result = train_segmenter(phantom_corpus, str(tmp_path / "b"), cfg, augment=AugmentConfig(), workers=2,
+                             cpus_per_worker=0.5, name="seg-pseudo", storage=str(tmp_path / "runs"),
+                             pseudo_labels=str(tmp_path / "pseudo"))
+    assert result["epochs_run"] == [1, 2]
+    td = open_bundle(result["bundle"]).manifest["training_data"]
+    assert td["pseudo_masks_train"] == 7 and td["pseudo_masks_per_epoch"] == 3 and td["human_masks_train"] == 8

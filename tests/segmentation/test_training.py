@@ -1,4 +1,5 @@
-"""Training-loop pieces: the weight EMA and that the weights shipped are the weights validated."""
+"""Training-loop pieces: the weight EMA, that the weights shipped are the weights validated, and pseudo-masks in the
+training mix."""
 
 import numpy as np
 import pytest
@@ -48,3 +49,55 @@ def test_fit_local_with_ema_ships_the_validated_weights():
     plain, _ = fit_local(train, val, SegmenterConfig(size=32, base=4, epochs=3, batch_size=4, lr=3e-3, seed=0),
                          PreprocessConfig(size=32), augment_cfg=None, device="cpu")
     assert any(not torch.equal(a, b) for a, b in zip(seg.model.state_dict().values(), plain.model.state_dict().values()))
+
+
+def test_epoch_order_takes_every_human_row_and_fresh_pseudo_draws():
+    from lungdr.segmentation.training import epoch_order
+
+    rng = np.random.default_rng(0)
+    first, second = epoch_order(5, 20, 4, rng), epoch_order(5, 20, 4, rng)
+    for order in (first, second):
+        assert len(order) == 9 and len(set(order.tolist())) == 9
+        assert set(range(5)) <= set(order.tolist()) and all(5 <= i < 25 for i in order if i >= 5)
+    assert set(first.tolist()) != set(second.tolist())  # another draw of pseudo rows
+    assert sorted(epoch_order(5, 3, 0, rng).tolist()) == list(range(8))  # 0: all of them
+    assert sorted(epoch_order(5, 3, 10, rng).tolist()) == list(range(8))  # capped at what exists
+    assert sorted(epoch_order(5, 0, 4, rng).tolist()) == list(range(5))
+
+
+def test_pseudo_masks_join_training_but_never_from_validation_patients_or_masked_images(tmp_path):
+    """A pseudo table over a whole corpus: rows of validation patients and of images with a human mask are dropped;
+    training with ``pseudo_per_epoch`` records what it used in the bundle."""
+    import csv
+
+    from lungdr.bundle import open_bundle
+    from lungdr.io import load_corpus
+    from lungdr.segmentation.autolabel import make_pseudo_labels
+    from lungdr.segmentation.training import split_items, train_local, training_items
+    from lungdr.synthetic import write_dr_corpus
+    from lungdr.testing.segmenter import torch_threads
+
+    data, extra = tmp_path / "data", tmp_path / "extra"
+    write_dr_corpus(str(data), 8, size=64, seed=0)
+    write_dr_corpus(str(extra), 6, size=64, seed=1)
+    cfg = SegmenterConfig(size=64, base=4, epochs=2, batch_size=4, val_fraction=0.25, pseudo_per_epoch=2,
+                          pseudo_label_min_quality=0.0)
+    _, val = split_items(load_corpus(str(data)), cfg)
+    unmasked = [{"id": f"u{i.id}", "uri": i.uri, "patient": f"other-{i.id}"} for i in load_corpus(str(extra))]
+    masked = load_corpus(str(data))
+    same_patient = [{"id": "v-extra", "uri": unmasked[0]["uri"], "patient": val[0].patient}]
+    same_image = [{"id": masked[0].id, "uri": masked[0].uri, "patient": "someone"}]
+    make_pseudo_labels(unmasked + same_patient + same_image, str(tmp_path / "pseudo"))
+    assert len(list(csv.DictReader(open(tmp_path / "pseudo" / "pseudo_labels.csv")))) == 8
+
+    train, _, desc = training_items(str(data), cfg, str(tmp_path / "pseudo"))
+    pseudo_ids = {t["id"] for t in train if isinstance(t, dict)}
+    assert "v-extra" not in pseudo_ids and masked[0].id not in pseudo_ids
+    assert pseudo_ids <= {u["id"] for u in unmasked} and desc["pseudo_masks_train"] == len(pseudo_ids) > 2
+
+    with torch_threads(1):
+        result = train_local(str(data), str(tmp_path / "bundle"), cfg, PreprocessConfig(size=64), None,
+                             str(tmp_path / "pseudo"))
+    td = open_bundle(tmp_path / "bundle").manifest["training_data"]
+    assert td["pseudo_masks_train"] == len(pseudo_ids) and td["pseudo_masks_per_epoch"] == 2
+    assert result["metrics"]["epochs"] == 2
