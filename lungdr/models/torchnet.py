@@ -67,7 +67,7 @@ def train_epoch(model: nn.Module, optimizer, batches, device) -> float:
     total, count = 0.0, 0
     for x, y in batches:
         x = torch.as_tensor(x, dtype=torch.float32).to(device)
-        y = torch.as_tensor(y, dtype=torch.long).to(device)
+        y = torch.tensor(np.asarray(y), dtype=torch.long).to(device)  # a copy: Ray hands out read-only arrays
         optimizer.zero_grad()
         loss = classification_loss(model(x), y)
         loss.backward()

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -26,6 +27,8 @@ from lungdr.config import AugmentConfig, TransferConfig
 from lungdr.errors import ConfigError, LungdrError
 from lungdr.models.base import WeightsUnavailableError
 from lungdr.models.torchnet import TorchClassifier, load_state, lung_referenced
+
+log = logging.getLogger("lungdr.transfer")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,8 +149,11 @@ class InceptionTransfer(TorchClassifier):
 
     def build(self, pretrained: bool = True) -> nn.Module:
         state = None
-        if pretrained:
+        if pretrained:  # a new model for training (loading a trained one builds the bare net)
             state, self.weights_source = fetch_weights(self.cfg.weights)
+            if state is None and self.cfg.freeze_first > 0:
+                log.warning("transfer: freezing %d randomly initialised Inception blocks (no pre-trained weights); "
+                            "on real data train every block (freeze_first 0)", self.cfg.freeze_first)
         return build_model(self.cfg, state)
 
     def inputs(self, images, masks) -> np.ndarray:
