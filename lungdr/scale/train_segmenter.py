@@ -2,9 +2,9 @@
 
 The driver lists the corpus, splits it by patient, adds accepted pseudo-masks (GrabCut or a U-Net teacher) to the
 training side, and hands Ray Data ingestion pipelines (``lungdr.scale.data.ingest``) to the trainer. With
-``pseudo_per_epoch`` the pseudo-masks are a dataset of their own: each worker holds its shard of them (and of the
-human masks) in memory and draws its share afresh every epoch, the same rows on every rank count. Each worker augments its shard on
-the fly, runs ``train_one_epoch`` and ``evaluate`` (the same functions as the local loop), and reports the validation
+``pseudo_per_epoch`` the pseudo-masks are a dataset of their own: each worker holds its (equal) shard of them and of
+the human masks in memory and draws its share afresh every epoch, so DDP ranks keep the same step count. Each
+worker augments its shard on the fly, runs ``train_one_epoch`` and ``evaluate`` (the same functions as the local loop), and reports the validation
 Dice with a checkpoint every epoch. A run resumes from the latest checkpoint of the latest run of the same name
 (Ray Train restores the run's checkpoint history) or from an explicit checkpoint path. The best-validation weights
 become a segmenter bundle with metrics and a model card.
