@@ -41,15 +41,24 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def _latency(predictor, client: Client, payloads) -> dict:
-    local, http = [], []
+def _latency(predictor, client: Client, payloads, direct: Client | None = None) -> dict:
+    """Each upload in-process, then over HTTP (then straight to the ingress replica when ``direct`` is given)."""
+    local, http, straight = [], [], []
     for data, ctype in payloads:
         local.append(_timed(predictor.predict_bytes, data, "upload"))
         http.append(_timed(client.predict, data, ctype))
-    diff_ms = (np.asarray(http) - np.asarray(local)) * 1000.0
-    return {"in_process_sequential": latency_summary(local, sum(local)),
-            "http_sequential": latency_summary(http, sum(http)),
-            "http_overhead_p50_ms": round(float(np.median(diff_ms)), 2)}
+        if direct is not None:
+            straight.append(_timed(direct.predict, data, ctype))
+
+    def overhead(times: list) -> float:
+        return round(float(np.median((np.asarray(times) - np.asarray(local)) * 1000.0)), 2)
+
+    out = {"in_process_sequential": latency_summary(local, sum(local)),
+           "http_sequential": latency_summary(http, sum(http)), "http_overhead_p50_ms": overhead(http)}
+    if direct is not None:
+        out["direct_ingress"] = {"url": direct.url, "http_sequential": latency_summary(straight, sum(straight)),
+                                 "http_overhead_p50_ms": overhead(straight)}
+    return out
 
 
 def _throughput(clients: dict[str, Client], payloads) -> dict:
@@ -106,7 +115,7 @@ def run(args) -> dict:
     from ray import serve
 
     from lungdr.predictor import Predictor
-    from lungdr.scale.serve import set_serve_env, start
+    from lungdr.scale.serve import app_urls, enable_direct_ingress, set_serve_env, start
     from lungdr.scale.session import init_ray
     from lungdr.testing.cluster import free_port
 
@@ -120,19 +129,27 @@ def run(args) -> dict:
         n = max(CLIENTS * ROUNDS, int(args.n))
         payloads = _payloads(args.input, n)
         set_serve_env()  # as `lungdr serve` does: the proxy reads them at start
+        if getattr(args, "direct_ingress", False):
+            enable_direct_ingress(draining_s=1.0)
         init_ray(log_to_driver=False)  # replica logs stay in Ray's log files, not this process (the client's CPU)
         batch, port = ServeConfig().max_batch_size, free_port()
         clients = {label: Client(start({"bundle_uri": bundle, "max_batch_size": size}, port=port,
                                        name=f"bench-{label}", route_prefix=f"/{label}"))
                    for label, size in (("batched", batch), ("unbatched", 1))}
+        direct = None
+        if getattr(args, "direct_ingress", False):
+            urls = [u for u in app_urls("bench-batched", "127.0.0.1") if f":{port}/" not in u]
+            if not urls:
+                raise RuntimeError("direct ingress is on but the batched app has no replica port")
+            direct = Client(urls[0])
         predictor = Predictor.from_bundle(bundle)
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)  # what Ray gives a replica with num_cpus < 1 (OMP_NUM_THREADS=1): a fair pairing
-        for client in clients.values():  # warm-up: first calls allocate, every replica gets work
+        for client in [*clients.values(), *([direct] if direct else [])]:  # warm-up: every replica gets work
             run_load(client, payloads[:CLIENTS], clients=CLIENTS)
         predictor.predict_bytes(payloads[0][0])
         before = _raw_stats("bench-batched")
-        latency = _latency(predictor, clients["batched"], payloads[: min(n, 60)])
+        latency = _latency(predictor, clients["batched"], payloads[: min(n, 60)], direct)
         latency["sequential_step_ms"] = _step_ms_between(before, _raw_stats("bench-batched"))
         throughput = _throughput(clients, payloads)
         stats = {label: _batch_stats(f"bench-{label}") for label in clients}

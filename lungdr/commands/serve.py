@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="lungdr YAML; its serve: section sets replicas, batching, limits")
     p.add_argument("--max-upload-mb", type=float, default=None)
     p.add_argument("--address", default=None, help="Ray address to join (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="experimental (Ray 2.60): the ingress replica also serves HTTP on a port of its own, "
+                        "skipping the proxy (~6 ms less per request here); its URL is printed")
     p.set_defaults(func=run)
 
 
@@ -24,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     app_args = {"bundle_uri": args.bundle, "config": args.config, "token_env": args.token_env,
                 "max_upload_mb": args.max_upload_mb}
     serve_forever({k: v for k, v in app_args.items() if v is not None},
-                  host=args.host, port=args.port, address=args.address)
+                  host=args.host, port=args.port, address=args.address, direct_ingress=args.direct_ingress)
     return 0

@@ -152,7 +152,7 @@ class InceptionTransfer(TorchClassifier):
         if pretrained:  # a new model for training (loading a trained one builds the bare net)
             state, self.weights_source = fetch_weights(self.cfg.weights)
             if state is None and self.cfg.freeze_first > 0:
-                log.warning("transfer: freezing %d randomly initialised Inception blocks (no pre-trained weights); "
+                log.info("transfer: freezing %d randomly initialised Inception blocks (no pre-trained weights); "
                             "on real data train every block (freeze_first 0)", self.cfg.freeze_first)
         return build_model(self.cfg, state)
 

@@ -212,17 +212,53 @@ def start(args: dict, host: str | None = None, port: int | None = None, name: st
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
-def serve_forever(args: dict, host: str | None = None, port: int | None = None, address: str | None = None) -> None:
-    """``lungdr serve``: start Ray (or join ``address``), run the app, block until Ctrl-C, then shut Serve down."""
+def enable_direct_ingress(draining_s: float | None = None) -> None:
+    """Experimental in Ray 2.60: ingress replicas also serve HTTP themselves, each on a port of its own (30000 up),
+    skipping the proxy hop (the proxy keeps serving too). Takes effect only for a Ray started after this call (the
+    Serve controller reads it); ``draining_s`` shortens how long a stopping replica keeps its port (Ray: 30 s)."""
+    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    if draining_s is not None:
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", str(draining_s))
+
+
+def app_urls(name: str, host: str, timeout_s: float = 30.0) -> list[str]:
+    """Base URLs that serve app ``name`` over HTTP: its ingress replicas' own ports under direct ingress, else the
+    proxy's. Uses the Serve controller's target groups (not a public API in Ray 2.60)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + timeout_s
+    while True:  # a replica's port shows once the replica runs
+        groups = ray.get(controller.get_target_groups.remote(name))
+        urls = [f"http://{host}:{t.port}{g.route_prefix.rstrip('/')}" for g in groups
+                if getattr(g.protocol, "value", g.protocol) == "HTTP" for t in g.targets]
+        if urls or time.monotonic() > deadline:
+            return sorted(set(urls))
+        time.sleep(0.5)
+
+
+def serve_forever(args: dict, host: str | None = None, port: int | None = None, address: str | None = None,
+                  direct_ingress: bool = False) -> None:
+    """``lungdr serve``: start Ray (or join ``address``), run the app, block until Ctrl-C, then shut Serve down.
+    ``direct_ingress`` (experimental, a Ray started here only) also prints the ingress replicas' own URLs."""
     from lungdr.scale.session import init_ray
 
-    app_settings(args)  # bad settings fail before Ray starts
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `docker stop` / kill: shut down like Ctrl-C
+    _, cfg = app_settings(args)  # bad settings fail before Ray starts
     set_serve_env()
+    if direct_ingress:
+        enable_direct_ingress()
     init_ray(address=address)
+    # `docker stop` / kill: shut down like Ctrl-C. Installed after Ray starts, whose core worker otherwise answers
+    # SIGTERM with an abort (exit -6, Serve never shut down).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         url = start(args, host, port)
         print(f"lungdr serving on {url} (API docs at {url}/docs); Ctrl-C stops", flush=True)
+        if direct_ingress:
+            direct = [u for u in app_urls("lungdr", host or cfg.host) if u != url]
+            print("direct ingress (experimental): " + (", ".join(direct) or "not active on this Ray cluster"),
+                  flush=True)
         while True:
             time.sleep(3600)
     finally:

@@ -293,3 +293,12 @@ def test_app_settings_from_cli_strings_yaml_and_errors(tmp_path):
     (app,) = ServeDeploySchema.model_validate(deploy).applications
     assert app.import_path == "lungdr.scale.serve:build_app"
     assert app_settings(app.args)[1].token_env == "LUNGDR_API_TOKEN"
+
+
+def test_app_urls_point_at_the_proxy_without_direct_ingress(server):
+    """Where the app answers HTTP, from Serve's target groups: without direct ingress, the proxy's address."""
+    from lungdr.scale.serve import app_urls
+
+    urls = app_urls(APP, "127.0.0.1", timeout_s=10)
+    assert urls == [server], urls
+    assert requests.get(f"{urls[0]}/v1/health", timeout=30).status_code == 200
