@@ -191,16 +191,15 @@ def latest_run(storage: str | None, name: str) -> str | None:
 
 
 def _mask_rows(uri: str, items: list, pre: PreprocessConfig):
+    from ray.data.expressions import col
+
     from lungdr.scale.data import ingest
 
     ds = ingest(uri, cfg=pre, masks=True, items=items)
     # Decoded once into the object store (segmentation corpora with human masks are thousands of images, not
     # millions); every epoch then streams from memory instead of re-reading and re-decoding the files.
-    return ds.filter(_no_error).select_columns(["image", "mask"]).materialize()
-
-
-def _no_error(row: dict) -> bool:
-    return not isinstance(row["error"], str) or not row["error"]
+    readable = col("error").is_null() | (col("error") == "")
+    return ds.filter(expr=readable).select_columns(["image", "mask"]).materialize()
 
 
 def train_segmenter(

@@ -74,3 +74,17 @@ def test_pseudo_masks_drawn_afresh_each_epoch_across_ddp_workers(ray_session, ph
     assert result["epochs_run"] == [1, 2]
     td = open_bundle(result["bundle"]).manifest["training_data"]
     assert td["pseudo_masks_train"] == 7 and td["pseudo_masks_per_epoch"] == 3 and td["human_masks_train"] == 8
+
+
+def test_unreadable_images_never_reach_the_trainer(ray_session, tmp_path):
+    """The training rows are the readable (image, mask) pairs only: a corrupt file is dropped, not fatal."""
+    from lungdr.config import PreprocessConfig
+    from lungdr.io import load_corpus
+    from lungdr.scale.train_segmenter import _mask_rows
+    from lungdr.synthetic import write_dr_corpus
+
+    write_dr_corpus(str(tmp_path), 4, size=48, seed=5)
+    items = load_corpus(str(tmp_path))
+    (tmp_path / "images" / f"{items[1].id}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rows = _mask_rows(str(tmp_path), items, PreprocessConfig(size=32)).take_all()
+    assert len(rows) == 3 and set(rows[0]) == {"image", "mask"} and rows[0]["image"].shape == (32, 32)
