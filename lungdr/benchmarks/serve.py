@@ -129,7 +129,8 @@ def run(args) -> dict:
         n = max(CLIENTS * ROUNDS, int(args.n))
         payloads = _payloads(args.input, n)
         set_serve_env()  # as `lungdr serve` does: the proxy reads them at start
-        if getattr(args, "direct_ingress", False):
+        with_direct = bool(getattr(args, "direct_ingress", False))
+        if with_direct:
             enable_direct_ingress(draining_s=1.0)
         init_ray(log_to_driver=False)  # replica logs stay in Ray's log files, not this process (the client's CPU)
         batch, port = ServeConfig().max_batch_size, free_port()
@@ -137,7 +138,7 @@ def run(args) -> dict:
                                        name=f"bench-{label}", route_prefix=f"/{label}"))
                    for label, size in (("batched", batch), ("unbatched", 1))}
         direct = None
-        if getattr(args, "direct_ingress", False):
+        if with_direct:
             urls = [u for u in app_urls("bench-batched", "127.0.0.1") if f":{port}/" not in u]
             if not urls:
                 raise RuntimeError("direct ingress is on but the batched app has no replica port")

@@ -153,7 +153,7 @@ class InceptionTransfer(TorchClassifier):
             state, self.weights_source = fetch_weights(self.cfg.weights)
             if state is None and self.cfg.freeze_first > 0:
                 log.info("transfer: freezing %d randomly initialised Inception blocks (no pre-trained weights); "
-                            "on real data train every block (freeze_first 0)", self.cfg.freeze_first)
+                         "on real data train every block (freeze_first 0)", self.cfg.freeze_first)
         return build_model(self.cfg, state)
 
     def inputs(self, images, masks) -> np.ndarray:

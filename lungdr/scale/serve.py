@@ -72,7 +72,7 @@ class IngressServer(PipelineServer):
     size and format, then uploads batch here (decode, preprocess, one stacked call per model, the vote).
     ``settings`` is a ``ServeConfig`` as a dict."""
 
-    def __init__(self, segmenter, svm, transfer, cnn3d, settings: dict | None = None, bundle_uri: str = "",
+    def __init__(self, segmenter, svm, transfer, cnn3d, bundle_uri: str, settings: dict | None = None,
                  device: str | None = None):
         self.cfg: ServeConfig = from_dict(ServeConfig, settings)
         self.token = read_token(self.cfg.token_env)  # before the models load: a misconfigured app fails fast

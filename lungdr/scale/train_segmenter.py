@@ -3,9 +3,9 @@
 The driver lists the corpus, splits it by patient, adds accepted pseudo-masks (GrabCut or a U-Net teacher) to the
 training side, and hands Ray Data ingestion pipelines (``lungdr.scale.data.ingest``) to the trainer. With
 ``pseudo_per_epoch`` the pseudo-masks are a dataset of their own: each worker holds its (equal) shard of them and of
-the human masks in memory and draws its share afresh every epoch, so DDP ranks keep the same step count. Each
-worker augments its shard on the fly, runs ``train_one_epoch`` and ``evaluate`` (the same functions as the local loop), and reports the validation
-Dice with a checkpoint every epoch. A run resumes from the latest checkpoint of the latest run of the same name
+the human masks in memory and draws its share afresh every epoch (``EpochMix``, as the local loop), so DDP ranks
+keep the same step count. Each worker augments its shard on the fly, runs ``train_one_epoch`` and ``evaluate`` (the
+same functions as the local loop), and reports the validation Dice with a checkpoint every epoch. A run resumes from the latest checkpoint of the latest run of the same name
 (Ray Train restores the run's checkpoint history) or from an explicit checkpoint path. The best-validation weights
 become a segmenter bundle with metrics and a model card.
 """
@@ -84,24 +84,12 @@ def _shard_arrays(shard, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(masks)
 
 
-def _epoch_batches(config: dict, cfg: SegmenterConfig, train_shard, mixed, augment, rng):
-    """The training batches of one epoch: streamed from the shard, or with pseudo-masks (``mixed`` =
-    ``(images, masks, n_human, n_pseudo, per_worker)`` in memory) every human row plus a fresh pseudo draw."""
-    from lungdr.segmentation.training import epoch_order, iterate_batches
-
-    if mixed is None:
-        return _numpy_batches(train_shard, cfg.batch_size, augment, rng, config.get("shuffle_buffer"))
-    images, masks, n_human, n_pseudo, per_worker = mixed
-    order = epoch_order(n_human, n_pseudo, per_worker, rng)
-    return iterate_batches(images, masks, cfg.batch_size, rng, augment, order)
-
-
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: DDP U-Net training on the ``train`` shard, validation on the ``val`` shard."""
     from ray.train.torch import get_device, prepare_model
 
     from lungdr.augment import PairedAugment
-    from lungdr.segmentation.training import evaluate, make_ema, train_one_epoch
+    from lungdr.segmentation.training import EpochMix, evaluate, make_ema, train_one_epoch
     from lungdr.segmentation.unet import build_unet, make_optimizer, make_scheduler
 
     cfg = from_dict(SegmenterConfig, config["segmenter"])
@@ -131,18 +119,17 @@ def train_loop_per_worker(config: dict) -> None:
     augment = PairedAugment(from_dict(AugmentConfig, config["augment"])) if config.get("augment") else None
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
-    mixed = None
+    mix = None  # with pseudo-masks: this worker's shards in memory, a fresh pseudo draw every epoch
     if config.get("pseudo_dataset"):
-        human = _shard_arrays(train_shard, cfg.size)
-        pseudo = _shard_arrays(ray.train.get_dataset_shard("pseudo"), cfg.size)
-        per_worker = -(-cfg.pseudo_per_epoch // ctx.get_world_size())
-        mixed = (np.concatenate([human[0], pseudo[0]]), np.concatenate([human[1], pseudo[1]]), len(human[0]),
-                 len(pseudo[0]), per_worker)
+        mix = EpochMix(_shard_arrays(train_shard, cfg.size),
+                       _shard_arrays(ray.train.get_dataset_shard("pseudo"), cfg.size),
+                       per_epoch=-(-cfg.pseudo_per_epoch // ctx.get_world_size()))
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, epoch, rank])
-        loss = train_one_epoch(model, optimizer, _epoch_batches(config, cfg, train_shard, mixed, augment, rng),
-                               device, ema)
+        batches = mix.batches(cfg.batch_size, rng, augment) if mix is not None else \
+            _numpy_batches(train_shard, cfg.batch_size, augment, rng, config.get("shuffle_buffer"))
+        loss = train_one_epoch(model, optimizer, batches, device, ema)
         scheduler.step()
         # Rank 0 validates on the whole (unsplit) val set, with the unwrapped module (DDP's forward is a collective);
         # an equal split across workers could drop up to world_size - 1 validation images.

@@ -119,6 +119,21 @@ def epoch_order(n_human: int, n_pseudo: int, per_epoch: int, rng: np.random.Gene
     return rng.permutation(np.concatenate([np.arange(n_human), drawn]).astype(int))
 
 
+class EpochMix:
+    """In-memory training rows: every human-masked row each epoch, plus ``per_epoch`` pseudo-masked rows drawn afresh
+    (all of them when 0). The local loop and each Ray Train worker (on its shard) use the same mix."""
+
+    def __init__(self, human: Batch, pseudo: Batch | None = None, per_epoch: int = 0):
+        self.n_human, self.n_pseudo = len(human[0]), 0 if pseudo is None else len(pseudo[0])
+        self.per_epoch = per_epoch
+        self.images, self.masks = human if not self.n_pseudo else (
+            np.concatenate([human[0], pseudo[0]]), np.concatenate([human[1], pseudo[1]]))
+
+    def batches(self, batch_size: int, rng: np.random.Generator, augment: Callable | None = None) -> Iterator[Batch]:
+        order = epoch_order(self.n_human, self.n_pseudo, self.per_epoch, rng)
+        return iterate_batches(self.images, self.masks, batch_size, rng, augment, order)
+
+
 def _tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = batch
     return (
@@ -223,14 +238,11 @@ def fit_local(
     ema = make_ema(model, cfg)
     shipped = ema.model if ema is not None else model  # the weights that are validated and saved
     rng = np.random.default_rng(cfg.seed)
-    n_human, n_pseudo = len(train[0]), 0 if pseudo is None else len(pseudo[0])
-    if n_pseudo:
-        train = (np.concatenate([train[0], pseudo[0]]), np.concatenate([train[1], pseudo[1]]))
+    mix = EpochMix(train, pseudo, cfg.pseudo_per_epoch)
     history, best, best_state = [], -1.0, None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        order = epoch_order(n_human, n_pseudo, cfg.pseudo_per_epoch, rng)
-        loss = train_one_epoch(model, optimizer, iterate_batches(*train, cfg.batch_size, rng, augment, order), dev, ema)
+        loss = train_one_epoch(model, optimizer, mix.batches(cfg.batch_size, rng, augment), dev, ema)
         scheduler.step()
         metrics = evaluate(shipped, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
         rec = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
