@@ -1,9 +1,12 @@
 """HTTP serving vs the in-process predictor, and dynamic batching on vs off, on one machine.
 
 1. latency: each upload through ``Predictor.predict_bytes`` and then through ``POST /v1/predict``, alternating,
-   so both see the same machine load (p50 / p95, requests/s, p50 of the paired differences; goal <= 10 ms);
-2. throughput at 16 concurrent clients, the configured ``max_batch_size`` vs ``max_batch_size=1``: both apps are
-   deployed side by side and measured in alternating rounds (goal >= 2x), with each deployment's batch statistics.
+   so both see the same machine load (p50 / p95, requests/s, p50 of the paired differences; goal <= 10 ms),
+   with only the measured app deployed;
+2. throughput at 16 concurrent clients, the configured ``max_batch_size`` vs ``max_batch_size=1``: the unbatched
+   twin is deployed beside it and both are measured in alternating rounds (goal >= 2x), with each deployment's batch
+   statistics.
+``--num-gpus G`` puts every replica (and the in-process predictor) on CUDA, G GPUs per replica.
 Without ``--bundle`` a tiny bundle is trained first (figures then describe the serving path, not a real model).
 """
 
@@ -134,16 +137,21 @@ def run(args) -> dict:
             enable_direct_ingress(draining_s=1.0)
         init_ray(log_to_driver=False)  # replica logs stay in Ray's log files, not this process (the client's CPU)
         batch, port = ServeConfig().max_batch_size, free_port()
-        clients = {label: Client(start({"bundle_uri": bundle, "max_batch_size": size}, port=port,
-                                       name=f"bench-{label}", route_prefix=f"/{label}"))
-                   for label, size in (("batched", batch), ("unbatched", 1))}
+        gpus = float(getattr(args, "num_gpus", 0.0) or 0.0)
+
+        def deploy(label: str, size: int) -> Client:
+            return Client(start({"bundle_uri": bundle, "max_batch_size": size, "num_gpus": gpus}, port=port,
+                                name=f"bench-{label}", route_prefix=f"/{label}"))
+
+        # latency with the measured app alone on the machine; the unbatched twin joins for the throughput rounds
+        clients = {"batched": deploy("batched", batch)}
         direct = None
         if with_direct:
             urls = [u for u in app_urls("bench-batched", "127.0.0.1") if f":{port}/" not in u]
             if not urls:
                 raise RuntimeError("direct ingress is on but the batched app has no replica port")
             direct = Client(urls[0])
-        predictor = Predictor.from_bundle(bundle)
+        predictor = Predictor.from_bundle(bundle, device="cuda" if gpus > 0 else None)
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)  # what Ray gives a replica with num_cpus < 1 (OMP_NUM_THREADS=1): a fair pairing
         for client in [*clients.values(), *([direct] if direct else [])]:  # warm-up: every replica gets work
@@ -152,6 +160,8 @@ def run(args) -> dict:
         before = _raw_stats("bench-batched")
         latency = _latency(predictor, clients["batched"], payloads[: min(n, 60)], direct)
         latency["sequential_step_ms"] = _step_ms_between(before, _raw_stats("bench-batched"))
+        clients["unbatched"] = deploy("unbatched", 1)
+        run_load(clients["unbatched"], payloads[:CLIENTS], clients=CLIENTS)  # its warm-up
         throughput = _throughput(clients, payloads)
         stats = {label: _batch_stats(f"bench-{label}") for label in clients}
         serve.shutdown()
@@ -163,7 +173,7 @@ def run(args) -> dict:
         "bundle": "given" if args.bundle else "tiny (trained for this run)",
         "n": n, "clients": CLIENTS, "rounds": ROUNDS, "max_batch_size": batch,
         "batch_wait_timeout_s": ServeConfig().batch_wait_timeout_s, "adaptive_wait": ServeConfig().adaptive_wait,
-        "in_process_torch_threads": 1,
+        "in_process_torch_threads": 1, "num_gpus_per_replica": gpus,
         **latency,
         f"http_{CLIENTS}_clients": throughput,
         "batch_stats_cumulative": stats,

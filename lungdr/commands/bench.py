@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="segment: images per forward pass (default 16)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="segment: U-Net autocast")
     p.add_argument("--channels-last", action="store_true", help="segment: channels_last memory format")
+    p.add_argument("--num-gpus", type=float, default=0.0,
+                   help="serve: GPUs per replica (e.g. 0.2; the in-process predictor then runs on CUDA too)")
     p.add_argument("--direct-ingress", action="store_true",
                    help="serve: also time HTTP straight to the ingress replica (Serve's experimental direct ingress)")
     p.set_defaults(func=run)
