@@ -78,6 +78,14 @@ class SVMConfig:
     seed: int = 0
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_lr_schedule(name: str) -> None:
+    if name not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {name!r}")
+
+
 @dataclass(frozen=True)
 class TransferConfig:
     input_size: int = 299  # aux head only at >= 299
@@ -85,10 +93,14 @@ class TransferConfig:
     freeze_first: int = 10  # n: leading Inception blocks frozen
     finetune_last: int = 7  # m: trailing blocks tuned (with the new head)
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" | "cosine" (per epoch, from lr down to ~0 at the last epoch)
     batch_size: int = 16
     epochs: int = 5
     augment: bool = True
     seed: int = 0
+
+    def __post_init__(self):
+        check_lr_schedule(self.lr_schedule)
 
 
 @dataclass(frozen=True)
@@ -97,10 +109,14 @@ class CNN3DConfig:
     size: int = 64  # in-plane side of the volume fed to the network
     ct_shape: tuple[int, int, int] = (16, 64, 64)  # (z, y, x) CT volumes are resampled to
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" | "cosine" (per epoch; CT pre-training and DR epochs each)
     dropout: float = 0.5
     batch_size: int = 16
     epochs: int = 10
     seed: int = 0
+
+    def __post_init__(self):
+        check_lr_schedule(self.lr_schedule)
 
 
 @dataclass(frozen=True)

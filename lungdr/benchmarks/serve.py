@@ -81,12 +81,9 @@ def _throughput(clients: dict[str, Client], payloads) -> dict:
 
 
 def _raw_stats(app: str) -> dict:
-    from ray import serve
+    from lungdr.scale.serve import BATCHED_DEPLOYMENTS, driver_handle
 
-    from lungdr.scale.serve import BATCHED_DEPLOYMENTS
-
-    return {name: serve.get_deployment_handle(name, app_name=app).stats.remote().result(timeout_s=60)
-            for name in BATCHED_DEPLOYMENTS}
+    return {name: driver_handle(name, app).stats.remote().result(timeout_s=60) for name in BATCHED_DEPLOYMENTS}
 
 
 def _batch_stats(app: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import io
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lungdr.config import check_lr_schedule
 from lungdr.device import pick_device
 from lungdr.errors import BundleError
 from lungdr.models.base import (
@@ -59,6 +61,21 @@ def classification_loss(output, target: torch.Tensor) -> torch.Tensor:
         loss = nn.functional.cross_entropy(logits, target)
         return loss + AUX_WEIGHT * nn.functional.cross_entropy(aux, target) if aux is not None else loss
     return nn.functional.cross_entropy(output, target)
+
+
+def epoch_lr(base_lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """Learning rate of epoch ``epoch`` (0-based) of ``epochs``: ``base_lr`` throughout ("constant"), or a
+    half-cosine from ``base_lr`` at the first epoch down to ``base_lr * (1 - cos(pi / epochs)) / 2`` at the last
+    ("cosine"), which lets a network trained from scratch settle instead of ending on a noisy step."""
+    check_lr_schedule(schedule)
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs - 1) / max(epochs, 1)))
+    return base_lr
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def train_epoch(model: nn.Module, optimizer, batches, device) -> float:
@@ -172,18 +189,21 @@ class TorchClassifier(Classifier):
         return self.fit_arrays(x, check_labels(y, len(x)), self.cfg.epochs)
 
     def fit_arrays(self, x: np.ndarray, y: np.ndarray, epochs: int) -> "TorchClassifier":
-        """Train (or keep training: the optimizer state carries over) on network-ready inputs."""
-        for _ in range(epochs):
-            self.train_one_epoch(x, y)
+        """Train (or keep training: the optimizer state carries over) on network-ready inputs; ``cfg.lr_schedule``
+        runs over these ``epochs``."""
+        for epoch in range(epochs):
+            self.train_one_epoch(x, y, lr=epoch_lr(self.cfg.lr, self.cfg.lr_schedule, epoch, epochs))
         return self
 
-    def train_one_epoch(self, x: np.ndarray, y: np.ndarray) -> float:
-        """One epoch of Adam (``cfg.lr``) over shuffled mini-batches, augmented when configured; returns the loss."""
+    def train_one_epoch(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> float:
+        """One epoch of Adam (``lr``, default ``cfg.lr``) over shuffled mini-batches, augmented when configured;
+        returns the loss."""
         if self.model is None:
             seed_everything(self.cfg.seed)
             self.model = self.build().to(self.device)
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr)
+        set_lr(self._optimizer, self.cfg.lr if lr is None else lr)
         batches = array_batches(x, y, self.cfg.batch_size, self._rng, self.augment_fn())
         loss = train_epoch(self.model, self._optimizer, batches, self.device)
         self.history.append(loss)

@@ -212,6 +212,18 @@ def start(args: dict, host: str | None = None, port: int | None = None, name: st
     return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
+def driver_handle(deployment: str, app: str):
+    """A handle to ``deployment`` of app ``app`` for synchronous code outside an event loop (a driver, a benchmark,
+    a test). ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0`` (``SERVE_ENV_DEFAULTS``, meant for replicas and the proxy)
+    is read when Ray Serve is imported, so a process that starts with it set would otherwise get handles that
+    refuse ``.remote().result()`` outside a loop; this one always routes on its own loop (``_init`` is Serve's
+    handle-initialisation hook, private in Ray 2.60)."""
+    handle = serve.get_deployment_handle(deployment, app_name=app)  # Serve caches it: initialise it once
+    if not handle.is_initialized:
+        handle._init(_run_router_in_separate_loop=True)
+    return handle
+
+
 def enable_direct_ingress(draining_s: float | None = None) -> None:
     """Experimental in Ray 2.60: ingress replicas also serve HTTP themselves, each on a port of its own (30000 up),
     skipping the proxy hop (the proxy keeps serving too). Takes effect only for a Ray started after this call (the

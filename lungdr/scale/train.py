@@ -103,7 +103,7 @@ def network_loop(config: dict) -> None:
     from sklearn.metrics import roc_auc_score
     import torch
 
-    from lungdr.models.torchnet import predict, seed_everything, state_dict_bytes, train_epoch
+    from lungdr.models.torchnet import epoch_lr, predict, seed_everything, set_lr, state_dict_bytes, train_epoch
 
     name = config["name"]
     cls = classifier_class(name)
@@ -119,16 +119,19 @@ def network_loop(config: dict) -> None:
     ct_losses = []
     if config.get("ct_epochs"):
         ct = ray.train.get_dataset_shard("ct")
-        ct_losses = [train_epoch(model, optimizer, _shard_batches(ct, cfg.batch_size), device)
-                     for _ in range(config["ct_epochs"])]
+        for epoch in range(config["ct_epochs"]):
+            set_lr(optimizer, epoch_lr(cfg.lr, cfg.lr_schedule, epoch, config["ct_epochs"]))
+            ct_losses.append(train_epoch(model, optimizer, _shard_batches(ct, cfg.batch_size), device))
     history = []
     for epoch in range(cfg.epochs):
+        lr = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
+        set_lr(optimizer, lr)
         batches = _shard_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, clf.augment_fn(), rng)
         loss = train_epoch(model, optimizer, batches, device)
         p = predict(model, val["x"], cfg.batch_size, device)[:, 1]
         auc = float(roc_auc_score(val["y"], p)) if len(set(val["y"].tolist())) == 2 else None
         acc = float(np.mean((p >= 0.5) == val["y"])) if len(p) else None
-        metrics = {"epoch": epoch, "loss": loss, "val_auc": auc, "val_accuracy": acc,
+        metrics = {"epoch": epoch, "lr": lr, "loss": loss, "val_auc": auc, "val_accuracy": acc,
                    "val_score": auc if auc is not None else (acc or 0.0)}
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:

@@ -178,9 +178,9 @@ def test_health_model_card_and_docs(server, client, predictor):
 
 
 def _stats(name: str) -> dict:
-    from ray import serve
+    from lungdr.scale.serve import driver_handle
 
-    return serve.get_deployment_handle(name, app_name=APP).stats.remote().result(timeout_s=60)
+    return driver_handle(name, APP).stats.remote().result(timeout_s=60)
 
 
 def test_bounded_load_batches_and_matches_predictor(client, uploads, expected):
@@ -205,9 +205,9 @@ def test_bounded_load_batches_and_matches_predictor(client, uploads, expected):
 
 def test_model_deployment_merges_concurrent_calls(server, predictor):
     """Stacked calls arriving together run as one forward (counted in images) and each gets its own slice back."""
-    from ray import serve
+    from lungdr.scale.serve import driver_handle
 
-    handle = serve.get_deployment_handle("SegmenterDeployment", app_name=APP)
+    handle = driver_handle("SegmenterDeployment", APP)
     rng = np.random.default_rng(0)
     n = predictor.preprocess_cfg.size
     batches = [rng.random((k, n, n), dtype=np.float32) for k in (1, 2, 3, 1, 1)]

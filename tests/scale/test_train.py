@@ -14,7 +14,7 @@ TINY = LungdrConfig(
     svm=SVMConfig(feature_size=48, C=(1.0, 10.0), cv_folds=3),
     transfer=TransferConfig(input_size=75, weights="none", freeze_first=15, finetune_last=1, epochs=2,
                             batch_size=8, augment=True),
-    cnn3d=CNN3DConfig(depth=3, size=24, ct_shape=(8, 24, 24), epochs=2, batch_size=8),
+    cnn3d=CNN3DConfig(depth=3, size=24, ct_shape=(8, 24, 24), epochs=2, batch_size=8, lr_schedule="cosine"),
     fusion=FusionConfig(ood_quantile=0.95),
 )
 
@@ -44,6 +44,10 @@ def test_parallel_training_writes_a_verified_bundle(ray_session, tmp_path):
     assert "not tuberculosis" in card and "NOT pretrained" in card and "SYNTHETIC" in card
     assert summary["parallel"] and set(summary["per_model_seconds"]) == {"svm", "transfer", "cnn3d"}
     assert len(summary["epochs"]["transfer"]) >= 1 and (tmp_path / "runs").is_dir()  # checkpoints written
+    # each checkpoint records the rate of every epoch so far: C2 constant (the default), C3 cosine over 2 epochs
+    for name, rates in (("transfer", [1e-3, 1e-3]), ("cnn3d", [1e-3, 0.5e-3])):
+        metas = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob(f"*-{name}/checkpoint_*/meta.json")]
+        assert [e["lr"] for e in max(metas, key=lambda m: len(m["epochs"]))["epochs"]] == pytest.approx(rates)
 
 
 def test_missing_labels_or_masks_are_clear_errors(ray_session, tmp_path):
