@@ -89,8 +89,12 @@ def fit_svm_task(features_ds, cfg: dict, storage: str | None) -> dict:
 # ---------------------------------------------------------------- C2 / C3: Ray Train workers
 
 def _shard_batches(shard, batch_size: int, augment=None, rng=None):
+    """Shuffled ``(x, y)`` batches of a worker's shard; the shuffle (and augmentation) draw from ``rng``, so a seeded
+    run sees the same batches each time."""
     buffer = max(1024, 8 * batch_size)  # wide enough that a batch mixes classes whatever the stored order
-    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=buffer):
+    seed = int(rng.integers(2**31)) if rng is not None else None
+    for b in shard.iter_batches(batch_size=batch_size, batch_format="numpy", local_shuffle_buffer_size=buffer,
+                                local_shuffle_seed=seed):
         x = b["x"].astype(np.float32)
         if len(x) < 2:
             continue  # BatchNorm cannot train on one sample
@@ -121,7 +125,7 @@ def network_loop(config: dict) -> None:
         ct = ray.train.get_dataset_shard("ct")
         for epoch in range(config["ct_epochs"]):
             set_lr(optimizer, epoch_lr(cfg.lr, cfg.lr_schedule, epoch, config["ct_epochs"]))
-            ct_losses.append(train_epoch(model, optimizer, _shard_batches(ct, cfg.batch_size), device))
+            ct_losses.append(train_epoch(model, optimizer, _shard_batches(ct, cfg.batch_size, rng=rng), device))
     history = []
     for epoch in range(cfg.epochs):
         lr = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)

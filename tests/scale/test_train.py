@@ -63,3 +63,19 @@ def test_missing_labels_or_masks_are_clear_errors(ray_session, tmp_path):
     (tmp_path / "dr2" / "masks" / "synthetic-dr-00000.png").unlink()
     with pytest.raises(ConfigError):
         prepare_data(str(tmp_path / "dr2"), PreprocessConfig(size=32), None, 0.3, 0)
+
+
+def test_worker_batches_shuffle_reproducibly_with_the_seed(ray_session):
+    """What a Ray Train worker sees: every row once per epoch, shuffled, the same order for the same seed."""
+    import ray
+
+    from lungdr.scale.train import _shard_batches
+
+    ds = ray.data.from_items([{"x": np.full(2, i, np.float32), "y": i % 2} for i in range(64)])
+
+    def order(seed: int) -> list:
+        return [int(v) for x, _ in _shard_batches(ds, 8, rng=np.random.default_rng(seed)) for v in x[:, 0]]
+
+    first, again, other = order(1), order(1), order(2)
+    assert sorted(first) == list(range(64)) and first != list(range(64))
+    assert first == again and first != other
