@@ -115,7 +115,7 @@ def run(args) -> dict:
     from ray import serve
 
     from lungdr.predictor import Predictor
-    from lungdr.scale.serve import app_urls, enable_direct_ingress, set_serve_env, start
+    from lungdr.scale.serve import direct_ingress_urls, enable_direct_ingress, set_serve_env, start
     from lungdr.scale.session import init_ray
     from lungdr.testing.cluster import free_port
 
@@ -144,7 +144,7 @@ def run(args) -> dict:
         clients = {"batched": deploy("batched", batch)}
         direct = None
         if with_direct:
-            urls = [u for u in app_urls("bench-batched", "127.0.0.1") if f":{port}/" not in u]
+            urls = direct_ingress_urls("bench-batched", "127.0.0.1", clients["batched"].url)
             if not urls:
                 raise RuntimeError("direct ingress is on but the batched app has no replica port")
             direct = Client(urls[0])

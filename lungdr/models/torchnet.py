@@ -78,6 +78,13 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def set_epoch_lr(optimizer, cfg, epoch: int, epochs: int) -> float:
+    """Give ``optimizer`` the rate of epoch ``epoch`` of ``epochs`` under ``cfg.lr`` / ``cfg.lr_schedule``; returns it."""
+    lr = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, epochs)
+    set_lr(optimizer, lr)
+    return lr
+
+
 def train_epoch(model: nn.Module, optimizer, batches, device) -> float:
     """One pass over ``batches`` (iterable of ``(x, y)`` tensors or arrays); returns the mean loss."""
     set_train_mode(model)

@@ -250,6 +250,11 @@ def app_urls(name: str, host: str, timeout_s: float = 30.0) -> list[str]:
         time.sleep(0.5)
 
 
+def direct_ingress_urls(name: str, host: str, proxy_url: str) -> list[str]:
+    """The ingress replicas' own URLs of app ``name`` (direct ingress), i.e. ``app_urls`` without the proxy's."""
+    return [u for u in app_urls(name, host) if u != proxy_url]
+
+
 def serve_forever(args: dict, host: str | None = None, port: int | None = None, address: str | None = None,
                   direct_ingress: bool = False) -> None:
     """``lungdr serve``: start Ray (or join ``address``), run the app, block until Ctrl-C, then shut Serve down.
@@ -268,7 +273,7 @@ def serve_forever(args: dict, host: str | None = None, port: int | None = None, 
         url = start(args, host, port)
         print(f"lungdr serving on {url} (API docs at {url}/docs); Ctrl-C stops", flush=True)
         if direct_ingress:
-            direct = [u for u in app_urls("lungdr", host or cfg.host) if u != url]
+            direct = direct_ingress_urls("lungdr", host or cfg.host, url)
             print("direct ingress (experimental): " + (", ".join(direct) or "not active on this Ray cluster"),
                   flush=True)
         while True:

@@ -107,7 +107,7 @@ def network_loop(config: dict) -> None:
     from sklearn.metrics import roc_auc_score
     import torch
 
-    from lungdr.models.torchnet import epoch_lr, predict, seed_everything, set_lr, state_dict_bytes, train_epoch
+    from lungdr.models.torchnet import predict, seed_everything, set_epoch_lr, state_dict_bytes, train_epoch
 
     name = config["name"]
     cls = classifier_class(name)
@@ -124,12 +124,11 @@ def network_loop(config: dict) -> None:
     if config.get("ct_epochs"):
         ct = ray.train.get_dataset_shard("ct")
         for epoch in range(config["ct_epochs"]):
-            set_lr(optimizer, epoch_lr(cfg.lr, cfg.lr_schedule, epoch, config["ct_epochs"]))
+            set_epoch_lr(optimizer, cfg, epoch, config["ct_epochs"])
             ct_losses.append(train_epoch(model, optimizer, _shard_batches(ct, cfg.batch_size, rng=rng), device))
     history = []
     for epoch in range(cfg.epochs):
-        lr = epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
-        set_lr(optimizer, lr)
+        lr = set_epoch_lr(optimizer, cfg, epoch, cfg.epochs)
         batches = _shard_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, clf.augment_fn(), rng)
         loss = train_epoch(model, optimizer, batches, device)
         p = predict(model, val["x"], cfg.batch_size, device)[:, 1]
