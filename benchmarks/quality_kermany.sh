@@ -20,3 +20,13 @@ python -m lungdr.benchmarks.split "$DATA/kermany_cls" "$OUT/kermany" --test-frac
 time lungdr train --data "$OUT/kermany/dev" --out "$OUT/bundle-kermany" --segmenter "$OUT/seg-kermany256" \
   --config benchmarks/kermany_classifiers.yaml --storage "$OUT/ray-cls"
 lungdr evaluate --data "$OUT/kermany/test" --bundle "$OUT/bundle-kermany" --out "$OUT/eval-kermany-test"
+
+# 3. Optional (LUNGDR_CV=1; minutes on a GPU, hours on 2 CPU cores): five-fold patient-grouped cross-validation of
+#    the same protocol over all 2,000 images, so the figures come with a spread (docs/CLASSIFIERS.md).
+if [ "${LUNGDR_CV:-0}" = 1 ]; then
+  CV="python -m lungdr.benchmarks.cv_classifiers"
+  $CV prepare --data "$OUT/kermany/dev" "$OUT/kermany/test" --segmenter "$OUT/seg-kermany256" \
+    --config benchmarks/kermany_classifiers.yaml --out "$OUT/cv/prep.npz" --procs "$(nproc)"
+  $CV run --prep "$OUT/cv/prep.npz" --out "$OUT/cv" --config benchmarks/kermany_classifiers.yaml
+  $CV fuse --prep "$OUT/cv/prep.npz" --results "$OUT/cv" | tee "$OUT/cv/fuse.json"
+fi

@@ -104,6 +104,8 @@ class Predictor:
                 "p_abnormal": round(float(d.p_abnormal), 6),
                 "votes": {n: int(v) for n, v in d.votes.items()},
                 "probabilities": {n: round(float(p), 6) for n, p in d.probs.items()},
+                # each model alone on the image as given (differs from "probabilities" only when re-predicted)
+                "first_probabilities": {n: round(float(p), 6) for n, p in (d.first_probs or d.probs).items()},
                 "needs_review": bool(d.needs_review),
                 "review_reason": d.review_reason,
                 "review_detail": d.ood_detail if d.review_reason == OUT_OF_DISTRIBUTION else None,

@@ -133,14 +133,19 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
         for item, image, res in zip(ok, images, predictor.predict_images(images, [i.id for i in ok], return_mask=True)):
             row = {"id": item.id, "true_label": item.label, "label": res["label"], "p_abnormal": res["p_abnormal"],
                    "needs_review": res["needs_review"], "review_reason": res["review_reason"], "error": None}
-            for n in names:
-                row[f"{n}_vote"], row[f"{n}_p"] = res["votes"][n], res["probabilities"][n]
+            row["repredicted"] = res["repredicted"]
+            for n in names:  # each model alone; the re-predicted (TTA) probability that voted, if any, beside it
+                p = res["first_probabilities"][n]
+                row[f"{n}_vote"], row[f"{n}_p"] = int(p >= 0.5), p
+                row[f"{n}_p_tta"] = res["probabilities"][n] if res["repredicted"] else None
             rows.append(row)
             done.append((item.label, res))
             if len(samples) < n_samples:
                 samples.append({**res, "id": item.id, "image": image, "true_label": item.label})
     y = np.array([t for t, _ in done], int)
-    probs = {n: np.array([r["probabilities"][n] for _, r in done]) for n in names}
+    # a classifier's own metrics: its prediction on the image as given, not the TTA re-prediction the fusion
+    # asked for on the cases it found unclear (that belongs to the fusion's figures)
+    probs = {n: np.array([r["first_probabilities"][n] for _, r in done]) for n in names}
     metrics = {n: classification_metrics(y, p) for n, p in probs.items()}
     decisions = [Decision(r["label"], r["p_abnormal"], r["margin"], r["votes"], r["probabilities"],
                           r["needs_review"], r["review_reason"]) for _, r in done]
@@ -150,7 +155,7 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    columns = list(PREDICTION_COLUMNS) + [f"{n}_{k}" for n in names for k in ("vote", "p")]
+    columns = list(PREDICTION_COLUMNS) + ["repredicted"] + [f"{n}_{k}" for n in names for k in ("vote", "p", "p_tta")]
     with open(out_dir / "predictions.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, columns, extrasaction="ignore")
         writer.writeheader()

@@ -47,10 +47,15 @@ def test_repredict_only_when_undecided_and_can_resolve():
         calls.append(1)
         return {"svm": 0.8, "transfer": 0.7, "cnn3d": 0.2}
 
-    assert fusion.decide({"svm": 0.9, "transfer": 0.9, "cnn3d": 0.9}, repredict=tta).repredicted is False
+    clear = fusion.decide({"svm": 0.9, "transfer": 0.9, "cnn3d": 0.9}, repredict=tta)
+    assert clear.repredicted is False and clear.first_probs is None
     assert calls == []
     d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1}, repredict=tta)
     assert calls == [1] and d.repredicted and d.label == 1 and not d.needs_review
+    assert d.first_probs == {"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1} and d.probs["transfer"] == 0.7
+    # a re-vote that is clear but leans the other way from the first one is unstable: review, not a flipped label
+    flipped = fusion.decide({"svm": 0.3, "transfer": 0.6, "cnn3d": 0.55}, repredict=tta)  # leans normal (p 0.44)
+    assert flipped.repredicted and flipped.label is None and flipped.review_reason == NO_MAJORITY
     still = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1},
                           repredict=lambda: {"svm": 0.9, "transfer": 0.2, "cnn3d": 0.3})
     assert still.repredicted and still.label is None and still.review_reason == NO_MAJORITY

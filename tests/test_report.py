@@ -29,16 +29,15 @@ def arrays(n, seed):
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
+def models(tmp_path_factory):
+    """A real (untrained) U-Net segmenter bundle and three tiny fitted classifiers."""
     from lungdr.segmentation.segmenter import Segmenter
     from lungdr.segmentation.training import write_segmenter_bundle
 
     root = tmp_path_factory.mktemp("b")
-    pre = PreprocessConfig(size=SIZE)
-    seg = Segmenter(cfg=SegmenterConfig(size=SIZE, base=4), preprocess=pre, device="cpu", seed=0)
+    seg = Segmenter(cfg=SegmenterConfig(size=SIZE, base=4), preprocess=PreprocessConfig(size=SIZE), device="cpu", seed=0)
     write_segmenter_bundle(str(root / "seg"), seg, {"val_dice": None}, {"note": "untrained, for tests"})
-    cfg = LungdrConfig(preprocess=pre, fusion=FusionConfig(ood_quantile=0.95))
-    train, val = arrays(16, 1), arrays(10, 2)
+    train = arrays(16, 1)
     fit = (train["image"], train["mask"], train["label"])
     classifiers = {
         "svm": GaborSVM(SVMConfig(feature_size=SIZE, cv_folds=3)).fit(*fit),
@@ -46,7 +45,14 @@ def bundle(tmp_path_factory):
                                                      finetune_last=1, epochs=1, augment=False)).fit(*fit),
         "cnn3d": CNN3D(CNN3DConfig(depth=3, size=24, epochs=1)).fit(*fit),
     }
-    summary = finish_bundle(str(root / "full"), classifiers, train, val, cfg, {"corpus": "phantoms"},
+    return root, classifiers, train
+
+
+@pytest.fixture(scope="module")
+def bundle(models):
+    root, classifiers, train = models
+    cfg = LungdrConfig(preprocess=PreprocessConfig(size=SIZE), fusion=FusionConfig(ood_quantile=0.95))
+    summary = finish_bundle(str(root / "full"), classifiers, train, arrays(10, 2), cfg, {"corpus": "phantoms"},
                             segmenter=str(root / "seg"))
     return root, summary
 
@@ -90,3 +96,44 @@ def test_report_pieces_render_real_numbers():
     page = render({"svm": {"accuracy": 0.75, "auc": 1.0, "sensitivity": 1.0, "specificity": 0.5, "n": 4,
                            "tn": 1, "fp": 1, "fn": 0, "tp": 2}}, y, {"svm": np.array([0.1, 0.6, 0.7, 0.9])}, [])
     assert "0.750" in page and "pneumonia" in page
+
+
+def test_classifier_metrics_are_each_models_own_prediction_not_the_fusions_tta(models, tmp_path):
+    """The fusion re-predicts unclear cases with TTA; a classifier's own row of Table 2 must still be what it
+    said about the image as given."""
+    from lungdr.io import decode, load_corpus, read_bytes
+    from lungdr.metrics import classification_metrics
+    from lungdr.models.calibration import apply_platt
+    from lungdr.predictor import Predictor
+    from lungdr.segmentation.segmenter import Segmenter
+
+    root, classifiers, train = models
+    write_dr_corpus(str(tmp_path / "eval"), n=6, size=SIZE, seed=9)
+    items = load_corpus(str(tmp_path / "eval"))
+    seg = Segmenter.from_bundle(str(root / "seg"), device="cpu")
+    images = np.stack([seg.pre(decode(read_bytes(i.uri), i.uri).image)[0] for i in items])
+    masks = np.stack([seg.masks_from_probabilities(p) for p in seg.probabilities(images)])
+    corpus = {"image": images, "mask": masks, "label": np.array([i.label for i in items])}
+    # validation = the evaluated images (nothing is out of distribution) and a margin no vote reaches: every case
+    # goes to TTA re-prediction, then to review
+    unclear = LungdrConfig(preprocess=PreprocessConfig(size=SIZE),
+                           fusion=FusionConfig(ood_quantile=1.0, margin_threshold=1.0))
+    finish_bundle(str(tmp_path / "tta"), classifiers, train, corpus, unclear, {"corpus": "phantoms"},
+                  segmenter=str(root / "seg"))
+    assert main(["evaluate", "--data", str(tmp_path / "eval"), "--bundle", str(tmp_path / "tta"),
+                 "--out", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert all(r["repredicted"] == "True" and r["review_reason"] == "no_majority" for r in rows)
+    pred = Predictor.from_bundle(str(tmp_path / "tta"))
+    alone = pred.classify(images, masks)  # each model on the image as given, no fusion
+    y = np.array([int(r["true_label"]) for r in rows])
+    names = ("svm", "transfer", "cnn3d")
+    for name in names:
+        own = apply_platt(alone[name]["p"], pred.fusion.calibration.get(name))
+        column = np.array([float(r[f"{name}_p"]) for r in rows])
+        assert np.allclose(column, own, atol=1e-5), name
+        assert metrics[name]["auc"] == classification_metrics(y, column)["auc"]
+    tta = np.array([[float(r[f"{n}_p_tta"]) for n in names] for r in rows])
+    first = np.array([[float(r[f"{n}_p"]) for n in names] for r in rows])
+    assert not np.allclose(tta, first, atol=1e-4)  # the augmented copies did change what the models said
