@@ -46,6 +46,8 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         f"- Fusion weights (validation accuracy log-odds): {json.dumps({k: round(v, 3) for k, v in weights.items()})}",
         "- Each model's p_abnormal is Platt-calibrated on the validation split before the vote; the fused "
         "p_abnormal is the weighted mean of the calibrated probabilities.",
+        "- A vote below the clear-majority threshold is repeated on test-time-augmented copies; the re-vote labels "
+        "the case only if it is clear and leans the same way as the first vote, otherwise `needs_review`.",
         "", "## Validation metrics (patient-disjoint split)", "",
         "| model | accuracy | AUC | sensitivity | specificity | n |", "|---|---|---|---|---|---|", rows, "",
         f"Fusion accuracy counts decided cases only; coverage {_f(metrics.get('fusion', {}).get('coverage'))}, "
