@@ -53,7 +53,7 @@ def test_every_model_fits_each_fold_and_fuse_summarises(prepared, tmp_path, caps
     root, _ = prepared
     prep = str(root / "prep.npz")
     info = cv.fit_fold(prep, "transfer", 0, str(tmp_path / "one"), str(root / "tiny.yaml"), "cpu")
-    assert info["model"] == "transfer" and 1 <= info["best_epoch"] <= 1
+    assert info["model"] == "transfer" and info["best_epoch"] == 1  # the one epoch of the tiny config
     # every model x fold through the CLI, as processes of their own
     assert cv.main(["run", "--prep", prep, "--out", str(tmp_path), "--config", str(root / "tiny.yaml"),
                     "--device", "cpu", "--parallel", "3"]) == 0
