@@ -45,6 +45,7 @@ OUTPUT_SCHEMA = pa.schema(
     + [
         ("needs_review", pa.bool_()),
         ("review_reason", pa.string()),
+        ("repredicted", pa.bool_()),  # the first vote was unclear: the label (if any) comes from the TTA re-vote
         ("lung_area_fraction", pa.float32()),
         ("model_version", pa.string()),
         ("true_label", pa.int8()),  # from a labelled corpus's labels.csv, else null
@@ -135,17 +136,19 @@ def result_row(row: dict, result: dict | None, model_version: str, error: str | 
     out = {"id": row["id"], "uri": row["uri"], "model_version": model_version, "error": error, "mask_uri": mask_uri,
            "true_label": None if label is None or int(label) < 0 else int(label)}
     if result is not None:
-        votes, probs = result.get("votes") or {}, result.get("probabilities") or {}
+        # each model's own prediction on the scan as given (as in `lungdr evaluate`), not a TTA re-prediction
+        probs = result.get("first_probabilities") or result.get("probabilities") or {}
         out.update(
             label=_opt(result.get("label"), int),
             p_abnormal=_opt(result.get("p_abnormal"), float),
             needs_review=bool(result.get("needs_review")),
             review_reason=result.get("review_reason"),
+            repredicted=bool(result.get("repredicted")),
             lung_area_fraction=_opt(result.get("lung_area_fraction"), float),
         )
         for m in MODELS:
-            out[f"vote_{m}"] = _opt(votes.get(m), int)
             out[f"p_{m}"] = _opt(probs.get(m), float)
+            out[f"vote_{m}"] = None if probs.get(m) is None else int(probs[m] >= 0.5)
     return out
 
 

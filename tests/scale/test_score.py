@@ -89,7 +89,8 @@ def check_rows(df: pd.DataFrame, version: str) -> None:
             assert pd.isna(row["error"]), (row["id"], row["error"])
             assert 0.0 <= row["p_abnormal"] <= 1.0
             assert all(0.0 <= row[f"p_{m}"] <= 1.0 for m in ("svm", "transfer", "cnn3d"))
-            assert all(row[f"vote_{m}"] in (0, 1) for m in ("svm", "transfer", "cnn3d"))
+            assert all(row[f"vote_{m}"] == int(row[f"p_{m}"] >= 0.5) for m in ("svm", "transfer", "cnn3d"))
+            assert row["repredicted"] in (True, False)
             assert 0.0 <= row["lung_area_fraction"] <= 1.0
             assert row["needs_review"] == pd.isna(row["label"]), "label is null exactly when review is needed"
         else:
@@ -133,6 +134,19 @@ def test_unreadable_part_is_a_clear_error(tmp_path):
     (tmp_path / "part-bad-00000.parquet").write_bytes(b"not parquet")
     with pytest.raises(StorageError, match="part-bad"):
         written(str(tmp_path))
+
+
+def test_result_row_keeps_each_models_own_prediction_beside_the_re_vote():
+    from lungdr.scale.score import OUTPUT_SCHEMA, result_row
+
+    row = {"id": "a", "uri": "/a.png", "label": 1}
+    result = {"label": None, "p_abnormal": 0.55, "needs_review": True, "review_reason": "no_majority",
+              "repredicted": True, "lung_area_fraction": 0.3,
+              "votes": {"svm": 1, "transfer": 1, "cnn3d": 1}, "probabilities": {"svm": 0.7, "transfer": 0.8, "cnn3d": 0.6},
+              "first_probabilities": {"svm": 0.4, "transfer": 0.6, "cnn3d": 0.45}}
+    out = result_row(row, result, "v1")
+    assert out["repredicted"] is True and out["p_svm"] == 0.4 and out["vote_svm"] == 0 and out["vote_transfer"] == 1
+    pa.Table.from_pylist([out], schema=OUTPUT_SCHEMA)  # fits the Parquet schema
 
 
 def test_gpus_per_actor():
