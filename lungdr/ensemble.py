@@ -171,6 +171,16 @@ class Fusion:
         return cls(data["weights"], cfg, data.get("calibration"))
 
 
+def fit_fusion(val_probs: dict[str, np.ndarray], y, cfg: FusionConfig) -> "Fusion":
+    """The whole fusion from raw validation p_abnormal: per-model Platt calibration, weights from the calibrated
+    accuracies, then the clear-majority threshold (``cfg.review_rate``)."""
+    from lungdr.models.calibration import fit_calibration
+
+    calibration = fit_calibration(val_probs, y)
+    weights = fit_weights({n: apply_platt(p, calibration[n]) for n, p in val_probs.items()}, y)
+    return fit_margin_threshold(Fusion(weights, cfg, calibration), val_probs)
+
+
 def fit_margin_threshold(fusion: "Fusion", val_probs: dict[str, np.ndarray]) -> "Fusion":
     """``fusion`` with ``margin_threshold`` set so that about ``cfg.review_rate`` of the validation cases fall below
     it (the least clear majorities go to TTA and, if still unclear, to review); unchanged when the rate is 0."""

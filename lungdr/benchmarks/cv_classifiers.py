@@ -90,7 +90,7 @@ def fit_fold(prep: str, name: str, fold: int, out: str, config: str | None = Non
 
     from lungdr.config import load_config
     from lungdr.models import classifier_class
-    from lungdr.models.torchnet import epoch_lr, predict
+    from lungdr.models.torchnet import predict
 
     d = np.load(prep)
     train, val, test = (d[f"f{fold}_{g}"] for g in ("train", "val", "test"))
@@ -106,8 +106,7 @@ def fit_fold(prep: str, name: str, fold: int, out: str, config: str | None = Non
         clf = classifier_class(name)(cfg, device=device)
         xs = {g: clf.inputs(list(d["x"][s]), list(d["m"][s])) for g, s in (("train", train), ("val", val), ("test", test))}
         best_auc, best_epoch, pv, pt = -1.0, 0, None, None
-        for epoch in range(cfg.epochs):
-            clf.train_one_epoch(xs["train"], y[train], lr=epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs))
+        for epoch, _ in enumerate(clf.train_epochs(xs["train"], y[train], cfg.epochs)):
             v = predict(clf.model, xs["val"], 64, clf.device)[:, 1]
             auc = float(roc_auc_score(y[val], v))
             if auc > best_auc:
@@ -137,8 +136,8 @@ def fuse(prep: str, results: str, review_rate: float = 0.03) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from lungdr.config import FusionConfig
-    from lungdr.ensemble import Fusion, fit_margin_threshold, fit_weights
-    from lungdr.models.calibration import apply_platt, fit_calibration
+    from lungdr.ensemble import fit_fusion
+    from lungdr.models.calibration import apply_platt
 
     d = np.load(prep)
     y = d["y"]
@@ -146,13 +145,10 @@ def fuse(prep: str, results: str, review_rate: float = 0.03) -> dict:
     for k in range(sum(1 for name in d.files if name.endswith("_test"))):
         val, test = d[f"f{k}_val"], d[f"f{k}_test"]
         p = {n: np.load(Path(results) / f"{n}_{k}.npz") for n in MODELS}
-        raw = {n: p[n]["val"] for n in MODELS}
-        cal = fit_calibration(raw, y[val])
-        weights = fit_weights({n: apply_platt(raw[n], cal[n]) for n in MODELS}, y[val])
-        fusion = fit_margin_threshold(Fusion(weights, FusionConfig(review_rate=review_rate), cal), raw)
+        fusion = fit_fusion({n: p[n]["val"] for n in MODELS}, y[val], FusionConfig(review_rate=review_rate))
         row = {"fold": k, "n": len(test)}
         for n in MODELS:
-            c = apply_platt(p[n]["test"], cal[n])
+            c = apply_platt(p[n]["test"], fusion.calibration[n])
             row[n] = {"accuracy": float(np.mean((c >= 0.5) == y[test])), "auc": float(roc_auc_score(y[test], c))}
         votes = [fusion.vote({n: p[n]["test"][j] for n in MODELS}) for j in range(len(test))]
         label = np.array([-1 if v.label is None else v.label for v in votes])

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from lungdr.config import LungdrConfig, to_dict
-from lungdr.ensemble import Fusion, decision_metrics, fit_margin_threshold, fit_weights
+from lungdr.ensemble import decision_metrics, fit_fusion
 from lungdr.metrics import classification_metrics
-from lungdr.models.calibration import apply_platt, fit_calibration
+from lungdr.models.calibration import apply_platt
 from lungdr.ood import OODGuard, guard_features
 
 OOD_TRAIN_SAMPLES = 1000  # training rows the guard's statistics are fitted on (random subset)
@@ -82,10 +82,9 @@ def finish_bundle(out: str, classifiers: dict, train: dict, val: dict, cfg: Lung
 
     y = np.asarray(val["label"]).astype(int)
     raw = {n: c.predict_proba(list(val["image"]), list(val["mask"]))[:, 1] for n, c in classifiers.items()}
-    calibration = fit_calibration(raw, y)
-    probs = {n: apply_platt(p, calibration[n]) for n, p in raw.items()}
-    weights = fit_weights(probs, y)
-    fusion = fit_margin_threshold(Fusion(weights, cfg.fusion, calibration), raw)
+    fusion = fit_fusion(raw, y, cfg.fusion)
+    weights = fusion.weights
+    probs = {n: apply_platt(p, fusion.calibration[n]) for n, p in raw.items()}
     metrics = {n: classification_metrics(y, p) for n, p in probs.items()}
     metrics["fusion"] = decision_metrics(y, fusion.decide_batch(raw))
     rng = np.random.default_rng(seed)

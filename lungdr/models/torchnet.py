@@ -198,9 +198,14 @@ class TorchClassifier(Classifier):
     def fit_arrays(self, x: np.ndarray, y: np.ndarray, epochs: int) -> "TorchClassifier":
         """Train (or keep training: the optimizer state carries over) on network-ready inputs; ``cfg.lr_schedule``
         runs over these ``epochs``."""
-        for epoch in range(epochs):
-            self.train_one_epoch(x, y, lr=epoch_lr(self.cfg.lr, self.cfg.lr_schedule, epoch, epochs))
+        for _ in self.train_epochs(x, y, epochs):
+            pass
         return self
+
+    def train_epochs(self, x: np.ndarray, y: np.ndarray, epochs: int):
+        """``epochs`` epochs under ``cfg.lr_schedule``, yielding each one's loss (callers may validate in between)."""
+        for epoch in range(epochs):
+            yield self.train_one_epoch(x, y, lr=epoch_lr(self.cfg.lr, self.cfg.lr_schedule, epoch, epochs))
 
     def train_one_epoch(self, x: np.ndarray, y: np.ndarray, lr: float | None = None) -> float:
         """One epoch of Adam (``lr``, default ``cfg.lr``) over shuffled mini-batches, augmented when configured;

@@ -137,7 +137,7 @@ def result_row(row: dict, result: dict | None, model_version: str, error: str | 
            "true_label": None if label is None or int(label) < 0 else int(label)}
     if result is not None:
         # each model's own prediction on the scan as given (as in `lungdr evaluate`), not a TTA re-prediction
-        probs = result.get("first_probabilities") or result.get("probabilities") or {}
+        probs = result.get("first_probabilities") or {}
         out.update(
             label=_opt(result.get("label"), int),
             p_abnormal=_opt(result.get("p_abnormal"), float),

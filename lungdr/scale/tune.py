@@ -55,13 +55,12 @@ def trial(params: dict, name: str, base: dict, train: dict, val: dict) -> None:
         clf = cls(cfg).fit_features(train["features"], train["y"], train["patient"])
         tune.report({"val_auc": _auc(val["y"], clf.predict_proba_features(val["features"])[:, 1]), "epoch": 1})
         return
-    from lungdr.models.torchnet import epoch_lr, predict
+    from lungdr.models.torchnet import predict
 
     clf = cls(cfg, device="cpu")
     x_train = clf.inputs(list(train["image"]), list(train["mask"]))
     x_val = clf.inputs(list(val["image"]), list(val["mask"]))
-    for epoch in range(cfg.epochs):
-        loss = clf.train_one_epoch(x_train, train["label"], lr=epoch_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs))
+    for epoch, loss in enumerate(clf.train_epochs(x_train, train["label"], cfg.epochs)):
         p = predict(clf.model, x_val, cfg.batch_size, clf.device)[:, 1]
         tune.report({"val_auc": _auc(val["label"], p), "loss": loss, "epoch": epoch + 1})
 
