@@ -71,11 +71,17 @@ class SVMConfig:
     feature_size: int = 128  # image side the Gabor bank runs on
     regional: bool = True  # also pool per lung zone (left/right x upper/middle/lower), not only the whole field
     hist_bins: int = 16  # > 0: append the lung-intensity histogram with this many bins
+    context_grid: int = 6  # > 0: append mask-free whole-image texture and a grid x grid map of it (0: lung field only)
     C: tuple[float, ...] = (1.0, 10.0, 100.0)
     gamma: tuple[str | float, ...] = ("scale",)
     pca: tuple[float, ...] = (0.95,)  # fraction of variance (float < 1) or component count
     cv_folds: int = 10
     seed: int = 0
+
+    def __post_init__(self):
+        if self.context_grid < 0 or self.context_grid * 4 > self.feature_size:
+            raise ConfigError(f"svm.context_grid must be 0 or a grid of cells of at least 4 px on the "
+                              f"{self.feature_size} px feature image, got {self.context_grid}")
 
 
 LR_SCHEDULES = ("constant", "cosine")

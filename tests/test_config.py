@@ -33,3 +33,13 @@ def test_config_is_frozen():
     cfg = LungdrConfig()
     with pytest.raises(Exception):
         cfg.preprocess.size = 3
+
+
+def test_svm_context_grid_must_fit_the_feature_image():
+    from lungdr.config import SVMConfig
+
+    assert SVMConfig(feature_size=32, context_grid=8).context_grid == 8
+    with pytest.raises(ConfigError, match="context_grid"):
+        SVMConfig(feature_size=32, context_grid=9)
+    with pytest.raises(ConfigError, match="context_grid"):
+        SVMConfig(context_grid=-1)

@@ -1,4 +1,4 @@
-"""The 24-filter Gabor bank (4 orientations x 6 scales) and lung-field pooled texture features.
+"""The 24-filter Gabor bank (4 orientations x 6 scales), lung-field pooled texture features and whole-image context.
 
 Kernel parameters per scale ``k`` (the kernel side in pixels, 7..17):
 
@@ -47,7 +47,8 @@ def gabor_bank(orientations=ORIENTATIONS, scales=SCALES) -> list[np.ndarray]:
     return [gabor_kernel(o, int(s)) for s in scales for o in orientations]
 
 
-def feature_names(orientations=ORIENTATIONS, scales=SCALES, regional: bool = True, hist_bins: int = 16) -> list[str]:
+def feature_names(orientations=ORIENTATIONS, scales=SCALES, regional: bool = True, hist_bins: int = 16,
+                  context_grid: int = 0) -> list[str]:
     """Names of ``gabor_features``' columns, in order (see its docstring for the layout)."""
     filters = [f"g{int(s)}_{int(o)}" for s in scales for o in orientations]
     names = [f"{f}_{stat}" for f in filters for stat in STATS_PER_FILTER]
@@ -56,7 +57,33 @@ def feature_names(orientations=ORIENTATIONS, scales=SCALES, regional: bool = Tru
         for zone in ZONES:
             names += [f"{zone}_{f}_{stat}" for f in filters for stat in ZONE_STATS_PER_FILTER]
             names += [f"{zone}_int_{s}" for s in ZONE_INTENSITY_STATS]
-    return names + [f"hist_{k}" for k in range(hist_bins)]
+    names += [f"hist_{k}" for k in range(hist_bins)]
+    if context_grid:
+        names += [f"ctx_{f}_{stat}" for f in filters for stat in STATS_PER_FILTER]
+        cells = [f"cell{r}{c}" for r in range(context_grid) for c in range(context_grid)]
+        names += [f"{cell}_{f}_mean_abs" for f in filters for cell in cells]
+        names += [f"{cell}_int_mean" for cell in cells]
+    return names
+
+
+def _cell_means(maps: np.ndarray, grid: int) -> np.ndarray:
+    """``(C, H, W)`` -> ``(C, grid * grid)`` means over a grid of equal cells (remainder rows / columns dropped)."""
+    n_r, n_c = maps.shape[1] // grid, maps.shape[2] // grid
+    cells = maps[:, : n_r * grid, : n_c * grid].reshape(len(maps), grid, n_r, grid, n_c)
+    return cells.mean((2, 4)).reshape(len(maps), -1)
+
+
+def context_features(image: np.ndarray, bank: list[np.ndarray], grid: int) -> np.ndarray:
+    """The whole image's texture, mask-free: per filter mean |response|, std and energy over the image, then
+    mean |response| per filter and mean intensity in each cell of a ``grid`` x ``grid`` layout.
+
+    The lung field alone misses what a mask leaves out (a dense consolidation or effusion the U-Net stops at, the
+    retrocardiac lung, the costophrenic recesses) and where in the chest a finding sits. On kermany_cls a 6 x 6
+    grid took C1 from 0.954 / 0.993 to 0.974 / 0.997 validation accuracy / AUC (docs/CLASSIFIERS.md)."""
+    responses = np.stack([cv2.filter2D(image, cv2.CV_32F, k, borderType=cv2.BORDER_REFLECT) for k in bank])
+    mag = np.abs(responses)
+    whole = np.stack([mag.mean((1, 2)), responses.std((1, 2)), np.square(responses).mean((1, 2))], 1).ravel()
+    return np.concatenate([whole, _cell_means(mag, grid).ravel(), _cell_means(image[None], grid).ravel()])
 
 
 def _fill_outside(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -73,14 +100,15 @@ def _intensity(values: np.ndarray) -> list[float]:
 
 
 def gabor_features(image: np.ndarray, mask: np.ndarray, bank: list[np.ndarray], regional: bool = True,
-                   hist_bins: int = 16) -> np.ndarray:
+                   hist_bins: int = 16, context_grid: int = 0) -> np.ndarray:
     """Texture + intensity features of the lung field, float32, laid out as ``feature_names``:
 
     * whole field, per filter: mean |response|, std and energy; then intensity mean, std, p10, p50, p90 and
       the lung area fraction (``3 * len(bank) + 6`` values — the field-pooled features alone);
     * ``regional``: per lung zone (``regions.ZONES``: left/right x upper/middle/lower), per filter the mean
       |response| and std, then the zone's intensity mean, std, p10, p50, p90 — where an opacity lies;
-    * ``hist_bins`` > 0: the lung-intensity histogram (shares of lung pixels per equal-width bin of [0, 1]).
+    * ``hist_bins`` > 0: the lung-intensity histogram (shares of lung pixels per equal-width bin of [0, 1]);
+    * ``context_grid`` > 0: the whole image's ``context_features`` (mask-free).
     """
     image = np.asarray(image, dtype=np.float32)
     inside = np.asarray(mask) > 0
@@ -106,6 +134,8 @@ def gabor_features(image: np.ndarray, mask: np.ndarray, bank: list[np.ndarray], 
     if hist_bins:
         lung = flat[inside.ravel()]
         parts.append(np.histogram(lung, bins=hist_bins, range=(0.0, 1.0))[0] / max(len(lung), 1))
+    if context_grid:
+        parts.append(context_features(image, bank, context_grid))
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -121,11 +151,12 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
 
 
 def gabor_feature_matrix(images, masks, size: int, orientations=ORIENTATIONS, scales=SCALES, regional: bool = True,
-                         hist_bins: int = 16) -> np.ndarray:
+                         hist_bins: int = 16, context_grid: int = 0) -> np.ndarray:
     """``(N, D)`` features of a batch, each image resized to ``size`` first."""
     bank = gabor_bank(orientations, scales)
-    rows = [gabor_features(*resize_pair(img, m, size), bank, regional, hist_bins) for img, m in zip(images, masks)]
-    width = len(feature_names(orientations, scales, regional, hist_bins))
+    rows = [gabor_features(*resize_pair(img, m, size), bank, regional, hist_bins, context_grid)
+            for img, m in zip(images, masks)]
+    width = len(feature_names(orientations, scales, regional, hist_bins, context_grid))
     return np.stack(rows) if rows else np.zeros((0, width), np.float32)
 
 
@@ -133,4 +164,4 @@ def svm_features(images, masks, cfg) -> np.ndarray:
     """C1's feature matrix for an ``SVMConfig`` — the ONE place training (local or Ray Data) and prediction
     turn images into SVM features."""
     return gabor_feature_matrix(images, masks, cfg.feature_size, cfg.orientations, cfg.scales, cfg.regional,
-                                cfg.hist_bins)
+                                cfg.hist_bins, cfg.context_grid)

@@ -124,7 +124,8 @@ class GaborSVM(Classifier):
     @classmethod
     def load(cls, directory) -> "GaborSVM":
         meta = read_config(directory)
-        saved = {"regional": False, "hist_bins": 0, **meta["config"]}  # models saved before regional pooling
+        # models saved before regional pooling / context features
+        saved = {"regional": False, "hist_bins": 0, "context_grid": 0, **meta["config"]}
         model = cls(from_dict(SVMConfig, saved))
         model.pipeline = joblib.load(Path(directory) / "model.joblib")
         model.cv_results = meta.get("cv", {})

@@ -48,3 +48,25 @@ def test_features_pool_inside_the_lung_field_only():
     np.testing.assert_allclose(near[intensity], feats[intensity], rtol=1e-5)  # intensity stats: lung pixels only
     with pytest.raises(ModelInputError):
         gabor_features(img, mask[:-1], bank)
+
+
+def test_context_features_see_outside_the_lung_field_and_locate_it():
+    bank = gabor_bank()
+    img = np.full((64, 64), 0.4, np.float32)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:30] = 1
+    img[mask > 0] = stripes(64, 5, 0.0)[mask > 0]
+    grid = 4
+    names = feature_names(context_grid=grid)
+    base = gabor_features(img, mask, bank, context_grid=grid)
+    assert base.shape == (len(names),) == (len(feature_names()) + 3 * 24 + grid * grid * 25,)
+    changed = img.copy()
+    changed[50:62, 50:62] = stripes(12, 4, 45.0)  # texture outside the lung field, in cell (3, 3)
+    after = gabor_features(changed, mask, bank, context_grid=grid)
+    lung = len(feature_names())
+    np.testing.assert_allclose(after[:lung], base[:lung], rtol=1e-5)  # the lung-field block ignores it ...
+    assert np.abs(after[lung:] - base[lung:]).max() > 1e-3  # ... the context block sees it ...
+    cells = [n for n in names if n.startswith("cell") and n.endswith("_mean_abs")]
+    delta = {n: abs(after[names.index(n)] - base[names.index(n)]) for n in cells}
+    assert max(delta, key=delta.get).startswith("cell33_")  # ... and where it is
+    assert gabor_features(img, mask, bank, context_grid=0).shape == (lung,)
