@@ -65,6 +65,8 @@ def test_full_bundle_layout(bundle):
                 "classifiers/cnn3d/model.pt", "fusion.json", "ood/ood.npz", "ood/ood.json", "MODEL_CARD.md"):
         assert b.has(rel), rel
     assert b.manifest["preprocess"]["size"] == SIZE
+    card = (root / "full" / "MODEL_CARD.md").read_text()
+    assert "whole-image texture on a 6 x 6 grid" in card  # C1's context features (SVMConfig default) named
 
 
 def test_evaluate_writes_metrics_predictions_and_report(bundle, tmp_path):

@@ -27,6 +27,7 @@ CAVEATS = [
 def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: dict, caveats: list[str],
                has_segmenter: bool) -> str:
     pretrained = classifiers["transfer"].metadata.get("pretrained") if "transfer" in classifiers else None
+    grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
     rows = "\n".join(
         f"| {n} | {_f(m.get('accuracy'))} | {_f(m.get('auc'))} | {_f(m.get('sensitivity'))} | "
         f"{_f(m.get('specificity'))} | {m.get('n')} |" for n, m in metrics.items())
@@ -37,7 +38,8 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         "`needs_review` instead of labelled.", "",
         "## Components",
         "- C1 `svm`: 24 Gabor filters (4 orientations x 6 scales) pooled in the whole lung field and in six lung "
-        "zones (left/right x upper/middle/lower), lung-intensity statistics + histogram -> PCA -> RBF SVM.",
+        "zones (left/right x upper/middle/lower), lung-intensity statistics + histogram"
+        + (f", plus mask-free whole-image texture on a {grid} x {grid} grid" if grid else "") + " -> PCA -> RBF SVM.",
         f"- C2 `transfer`: Inception-v3, {'ImageNet-pretrained' if pretrained else 'NOT pretrained (random init)'}"
         f" ({classifiers['transfer'].metadata.get('weights_source', '?') if 'transfer' in classifiers else '-'}).",
         "- C3 `cnn3d`: the paper's 3-D CNN on scale-space pseudo-volumes of the DR image"
