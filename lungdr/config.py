@@ -85,6 +85,7 @@ class SVMConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+POOLINGS = ("logit", "mean")
 
 
 def check_lr_schedule(name: str) -> None:
@@ -131,6 +132,11 @@ class FusionConfig:
     review_rate: float = 0.0  # > 0: training sets margin_threshold to this quantile of the validation margins
     tta_rounds: int = 4
     ood_quantile: float = 0.99  # validation quantile used as the OOD distance threshold
+    pooling: str = "logit"  # fused p_abnormal: "logit" = weighted mean log-odds, "mean" = weighted mean probability
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"fusion.pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
 
 @dataclass(frozen=True)

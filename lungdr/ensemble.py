@@ -15,7 +15,10 @@ fused lean is unstable, not resolved: on the kermany validation split, re-votes 
 ``label None, needs_review, "no_majority"``. Training sets ``margin_threshold`` from the validation margins
 (``FusionConfig.review_rate``, ``fit_margin_threshold``). An OOD input is
 ``label None, needs_review, "out_of_distribution"`` whatever the vote says. The fused ``p_abnormal`` (the score
-ranked for AUC) is the weighted mean of the calibrated probabilities.
+ranked for AUC) pools the calibrated probabilities with the same weights: by default as weighted mean log-odds
+(``FusionConfig.pooling = "logit"``: one confident model counts for more than a probability average gives it; in
+5-fold patient CV on kermany development images it ranked better than the weighted mean probability in 5 of 5
+folds, AUC 0.9970 vs 0.9964), or as the weighted mean probability (``"mean"``, bundles saved before the option).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from lungdr.ood import OODGuard  # noqa: F401  (re-exported: the guard belongs t
 
 NO_MAJORITY = "no_majority"
 OUT_OF_DISTRIBUTION = "out_of_distribution"
+LOGIT_EPS = 1e-6  # probabilities clipped to [eps, 1 - eps] before log-odds pooling
 WEIGHT_CLIP = (0.05, 4.0)  # log-odds bounds: a chance-level model keeps a small say, a perfect one a bounded one
 
 
@@ -65,10 +69,22 @@ def fit_weights(val_probs: dict[str, np.ndarray], y) -> dict[str, float]:
     return {k: v / total for k, v in raw.items()}
 
 
+def pool(probs: dict[str, float], weights: dict[str, float], pooling: str) -> float:
+    """The fused p_abnormal of calibrated ``probs`` under normalised ``weights``: weighted mean log-odds
+    (``"logit"``) or weighted mean probability (``"mean"``)."""
+    if pooling == "mean":
+        return float(sum(weights[k] * p for k, p in probs.items()))
+    z = 0.0
+    for k, p in probs.items():
+        p = min(max(p, LOGIT_EPS), 1 - LOGIT_EPS)
+        z += weights[k] * math.log(p / (1 - p))
+    return float(1 / (1 + math.exp(-z)))
+
+
 @dataclass
 class Decision:
     label: int | None  # 1 abnormal, 0 normal, None = needs review
-    p_abnormal: float  # weighted mean of the models' p_abnormal
+    p_abnormal: float  # the models' p_abnormal pooled (``pool``)
     margin: float  # confidence-weighted vote margin |sum_i w_i (2 p_i - 1)|, in [0, 1]
     votes: dict[str, int]
     probs: dict[str, float]
@@ -110,7 +126,7 @@ class Fusion:
         decided = not tied and margin >= self.cfg.margin_threshold and (lean > 0) == (abnormal > 0.5)
         return Decision(
             label=int(abnormal > 0.5) if decided else None,
-            p_abnormal=float(sum(w[k] * p for k, p in probs.items())),
+            p_abnormal=pool(probs, w, self.cfg.pooling),
             margin=float(margin), votes=votes, probs=probs, weights=w,
             needs_review=not decided, review_reason=None if decided else NO_MAJORITY,
         )
@@ -156,7 +172,8 @@ class Fusion:
     def to_dict(self) -> dict:
         return {"weights": self.weights, "margin_threshold": self.cfg.margin_threshold,
                 "review_rate": self.cfg.review_rate, "tta_rounds": self.cfg.tta_rounds,
-                "ood_quantile": self.cfg.ood_quantile, "calibration": {k: list(v) for k, v in self.calibration.items()}}
+                "ood_quantile": self.cfg.ood_quantile, "pooling": self.cfg.pooling,
+                "calibration": {k: list(v) for k, v in self.calibration.items()}}
 
     def save(self, path: str | Path, **extra) -> Path:
         path = Path(path)
@@ -167,7 +184,8 @@ class Fusion:
     def load(cls, path: str | Path) -> "Fusion":
         data = json.loads(Path(path).read_text())
         cfg = FusionConfig(margin_threshold=data["margin_threshold"], review_rate=data.get("review_rate", 0.0),
-                           tta_rounds=data["tta_rounds"], ood_quantile=data["ood_quantile"])
+                           tta_rounds=data["tta_rounds"], ood_quantile=data["ood_quantile"],
+                           pooling=data.get("pooling", "mean"))  # saved before pooling was an option: mean
         return cls(data["weights"], cfg, data.get("calibration"))
 
 

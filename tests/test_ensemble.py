@@ -8,6 +8,12 @@ from lungdr.models.base import ModelInputError
 EQUAL = {"svm": 1 / 3, "transfer": 1 / 3, "cnn3d": 1 / 3}
 
 
+def log_odds_pool(probs, weights):
+    """Hand-written expectation of the default pooling: sigmoid of the weighted mean log-odds."""
+    z = sum(weights[k] * np.log(p / (1 - p)) for k, p in probs.items())
+    return 1 / (1 + np.exp(-z))
+
+
 @pytest.mark.parametrize("probs, label, review", [
     ({"svm": 0.9, "transfer": 0.8, "cnn3d": 0.7}, 1, False),   # unanimous abnormal
     ({"svm": 0.1, "transfer": 0.2, "cnn3d": 0.3}, 0, False),   # unanimous normal
@@ -20,7 +26,7 @@ def test_equal_weight_truth_table(probs, label, review):
     d = Fusion(EQUAL, FusionConfig(margin_threshold=0.2)).decide(probs)
     assert (d.label, d.needs_review) == (label, review)
     assert d.votes == {k: int(v >= 0.5) for k, v in probs.items()} and d.probs == probs
-    assert np.isclose(d.p_abnormal, np.mean(list(probs.values())))
+    assert np.isclose(d.p_abnormal, log_odds_pool(probs, EQUAL))
     assert np.isclose(d.margin, abs(np.mean([2 * v - 1 for v in probs.values()])))
 
 
@@ -31,7 +37,7 @@ def test_weights_decide_and_ties_need_review():
     d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.9})  # 0.7 vs 0.3; margin 0.4 - 0.24 + 0.16
     assert d.label == 1 and np.isclose(d.margin, 0.32)
     d = fusion.decide({"svm": 0.9, "transfer": 0.9, "cnn3d": 0.1})  # 0.8 vs 0.2
-    assert d.label == 1 and np.isclose(d.p_abnormal, 0.5 * 0.9 + 0.3 * 0.9 + 0.2 * 0.1)
+    assert d.label == 1 and np.isclose(d.p_abnormal, log_odds_pool(d.probs, {"svm": 0.5, "transfer": 0.3, "cnn3d": 0.2}))
     narrow = Fusion({"svm": 0.45, "transfer": 0.35, "cnn3d": 0.2}, FusionConfig(margin_threshold=0.2))
     d = narrow.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1})  # 0.45 vs 0.55: margin 0.36 - 0.28 - 0.16
     assert d.label is None and d.review_reason == NO_MAJORITY
@@ -112,7 +118,7 @@ def test_calibration_is_applied_before_the_vote_and_saved(tmp_path):
     d = fusion.decide({"svm": 0.9, "transfer": 0.3, "cnn3d": 0.1})
     cal = 1 / (1 + np.exp(-(np.log(0.3 / 0.7) + 2.0)))
     assert np.isclose(d.probs["transfer"], cal) and d.votes == {"svm": 1, "transfer": 1, "cnn3d": 0}
-    assert d.label == 1 and np.isclose(d.p_abnormal, (0.9 + cal + 0.1) / 3)
+    assert d.label == 1 and np.isclose(d.p_abnormal, log_odds_pool({"svm": 0.9, "transfer": cal, "cnn3d": 0.1}, EQUAL))
     assert Fusion(EQUAL, FusionConfig(margin_threshold=0.1)).decide({"svm": 0.9, "transfer": 0.3, "cnn3d": 0.1}).label == 0
     loaded = Fusion.load(fusion.save(tmp_path / "fusion.json"))
     assert loaded.calibration == fusion.calibration
@@ -132,3 +138,26 @@ def test_margin_threshold_is_fitted_to_the_review_rate_and_saved(tmp_path):
     assert fit_margin_threshold(Fusion(EQUAL, FusionConfig(review_rate=0.0)), val).cfg.margin_threshold == 0.2
     again = Fusion.load(fusion.save(tmp_path / "fusion.json"))
     assert again.cfg == fusion.cfg
+
+
+def test_pooling_of_the_fused_probability(tmp_path):
+    import json
+
+    from lungdr.errors import ConfigError
+
+    probs = {"svm": 0.99, "transfer": 0.4, "cnn3d": 0.4}  # one confident model against two mild ones
+    logit = Fusion(EQUAL, FusionConfig(margin_threshold=0.0)).decide(probs)
+    mean = Fusion(EQUAL, FusionConfig(margin_threshold=0.0, pooling="mean")).decide(probs)
+    assert np.isclose(mean.p_abnormal, np.mean(list(probs.values())))  # 0.597
+    assert np.isclose(logit.p_abnormal, log_odds_pool(probs, EQUAL)) and logit.p_abnormal > 0.75
+    assert (logit.label, logit.votes, logit.margin) == (mean.label, mean.votes, mean.margin)  # the vote is the same
+    extreme = Fusion(EQUAL).decide({"svm": 1.0, "transfer": 1.0, "cnn3d": 0.0})  # clipped, no inf / nan
+    assert 0.5 < extreme.p_abnormal < 1
+    path = Fusion(EQUAL).save(tmp_path / "fusion.json")
+    assert Fusion.load(path).cfg.pooling == "logit"
+    old = json.loads(path.read_text())
+    del old["pooling"]  # a bundle from before the option keeps its mean pooling
+    path.write_text(json.dumps(old))
+    assert Fusion.load(path).cfg.pooling == "mean"
+    with pytest.raises(ConfigError, match="pooling"):
+        FusionConfig(pooling="median")
