@@ -18,7 +18,8 @@ class TestGaborSVM(ClassifierContract):
         assert fitted.cv_results["folds"] == 3 and 0 <= fitted.cv_results["best_auc"] <= 1
 
     def test_model_saved_before_context_features_loads_lung_field_only(self, data, tmp_path):
-        """A C1 saved by an earlier lungdr (no ``context_grid`` in its config) keeps the feature layout it was fitted on."""
+        """A C1 saved by an earlier lungdr (no ``context_grid`` in its config) keeps the feature layout it was
+        fitted on."""
         import json
 
         (images, masks, y), (test_images, test_masks, _), groups = data
@@ -29,4 +30,5 @@ class TestGaborSVM(ClassifierContract):
         (tmp_path / "config.json").write_text(json.dumps(config))
         loaded = GaborSVM.load(tmp_path)
         assert loaded.cfg.context_grid == 0
-        np.testing.assert_allclose(loaded.predict_proba(test_images, test_masks), old.predict_proba(test_images, test_masks))
+        np.testing.assert_allclose(loaded.predict_proba(test_images, test_masks),
+                                   old.predict_proba(test_images, test_masks))
