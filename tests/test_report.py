@@ -67,6 +67,7 @@ def test_full_bundle_layout(bundle):
     assert b.manifest["preprocess"]["size"] == SIZE
     card = (root / "full" / "MODEL_CARD.md").read_text()
     assert "whole-image texture on a 6 x 6 grid" in card  # C1's context features (SVMConfig default) named
+    assert "weighted mean of the calibrated log-odds" in card  # the fusion's pooling (FusionConfig default)
 
 
 def test_evaluate_writes_metrics_predictions_and_report(bundle, tmp_path):

@@ -25,7 +25,7 @@ CAVEATS = [
 
 
 def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: dict, caveats: list[str],
-               has_segmenter: bool) -> str:
+               has_segmenter: bool, pooling: str = "logit") -> str:
     pretrained = classifiers["transfer"].metadata.get("pretrained") if "transfer" in classifiers else None
     grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
     rows = "\n".join(
@@ -47,7 +47,8 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         f"- Lung segmenter: {'U-Net (segmenter/)' if has_segmenter else 'NONE in this bundle (masks came from the corpus)'}.",
         f"- Fusion weights (validation accuracy log-odds): {json.dumps({k: round(v, 3) for k, v in weights.items()})}",
         "- Each model's p_abnormal is Platt-calibrated on the validation split before the vote; the fused "
-        "p_abnormal is the weighted mean of the calibrated probabilities.",
+        "p_abnormal is the weighted mean of the calibrated "
+        + ("log-odds (mapped back to a probability)." if pooling == "logit" else "probabilities."),
         "- A vote below the clear-majority threshold is repeated on test-time-augmented copies; the re-vote labels "
         "the case only if it is clear and leans the same way as the first vote, otherwise `needs_review`.",
         "", "## Validation metrics (patient-disjoint split)", "",
@@ -115,7 +116,7 @@ def finish_bundle(out: str, classifiers: dict, train: dict, val: dict, cfg: Lung
             "metrics": metrics,
             "caveats": caveats,
         }
-        card = model_card(classifiers, metrics, weights, training_data, caveats, bool(seg_files))
+        card = model_card(classifiers, metrics, weights, training_data, caveats, bool(seg_files), fusion.cfg.pooling)
         write_bundle(out, files, manifest, card)
     return {"bundle": out, "model_version": open_bundle(out).model_version, "metrics": metrics, "weights": weights,
             "calibration": fusion.calibration}
