@@ -15,6 +15,7 @@ import argparse
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,6 @@ def _label(value: str) -> int | None:
 
 
 def revote(bundle: str, eval_dir: str, pooling: str) -> dict:
-    from dataclasses import replace
-
     from lungdr.bundle import open_bundle
 
     saved = Fusion.load(open_bundle(bundle).path("fusion.json"))
