@@ -86,6 +86,7 @@ class SVMConfig:
 
 LR_SCHEDULES = ("constant", "cosine")
 POOLINGS = ("logit", "mean")
+TOPOLOGIES = ("composed", "single")
 
 
 def check_lr_schedule(name: str) -> None:
@@ -172,6 +173,12 @@ class ServeConfig:
     num_cpus: float = 0.0  # per ingress / model replica (0 lets it share the node's CPUs)
     num_gpus: float = 0.0  # per ingress / model replica; > 0 runs the models on CUDA
     model_retry_s: float = 20.0  # a deployment call is retried this long while a dead replica is replaced
+    topology: str = "composed"  # composed: a deployment per model, each scaled on its own; single: the ingress
+    #                             replica runs all four models itself (no model hops: lowest latency on a small node)
+
+    def __post_init__(self):
+        if self.topology not in TOPOLOGIES:
+            raise ConfigError(f"serve.topology must be one of {TOPOLOGIES}, got {self.topology!r}")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@
 2. throughput at 16 concurrent clients, the configured ``max_batch_size`` vs ``max_batch_size=1``: the unbatched
    twin is deployed beside it and both are measured in alternating rounds (goal >= 2x), with each deployment's batch
    statistics.
-``--num-gpus G`` puts every replica (and the in-process predictor) on CUDA, G GPUs per replica.
+``--num-gpus G`` puts every replica (and the in-process predictor) on CUDA, G GPUs per replica; ``--topology single``
+measures the app whose ingress runs the models itself (no model deployments).
 Without ``--bundle`` a tiny bundle is trained first (figures then describe the serving path, not a real model).
 """
 
@@ -80,17 +81,18 @@ def _throughput(clients: dict[str, Client], payloads) -> dict:
     return {label: {**latency_summary(seconds[label], wall[label]), "non_200": bad[label]} for label in clients}
 
 
-def _raw_stats(app: str) -> dict:
+def _raw_stats(app: str, topology: str = "composed") -> dict:
     from lungdr.scale.serve import BATCHED_DEPLOYMENTS, driver_handle
 
-    return {name: driver_handle(name, app).stats.remote().result(timeout_s=60) for name in BATCHED_DEPLOYMENTS}
+    names = BATCHED_DEPLOYMENTS if topology == "composed" else BATCHED_DEPLOYMENTS[:1]  # single: the ingress only
+    return {name: driver_handle(name, app).stats.remote().result(timeout_s=60) for name in names}
 
 
-def _batch_stats(app: str) -> dict:
+def _batch_stats(app: str, topology: str = "composed") -> dict:
     """Per batched deployment: largest and mean batch (requests for the ingress, images for the models), how many
     calls a batch merged on average, and the mean ms per batch of each step."""
     out = {}
-    for name, s in _raw_stats(app).items():
+    for name, s in _raw_stats(app, topology).items():
         batches = max(1, s["batches"])
         out[name] = {"max_batch": s["max_batch_size_seen"], "mean_batch": round(s["items"] / batches, 2),
                      "mean_calls_per_batch": round(s["calls"] / batches, 2), "step_ms": s["step_ms"]}
@@ -135,10 +137,11 @@ def run(args) -> dict:
         init_ray(log_to_driver=False)  # replica logs stay in Ray's log files, not this process (the client's CPU)
         batch, port = ServeConfig().max_batch_size, free_port()
         gpus = float(getattr(args, "num_gpus", 0.0) or 0.0)
+        topology = getattr(args, "topology", None) or ServeConfig().topology
 
         def deploy(label: str, size: int) -> Client:
-            return Client(start({"bundle_uri": bundle, "max_batch_size": size, "num_gpus": gpus}, port=port,
-                                name=f"bench-{label}", route_prefix=f"/{label}"))
+            return Client(start({"bundle_uri": bundle, "max_batch_size": size, "num_gpus": gpus,
+                                 "topology": topology}, port=port, name=f"bench-{label}", route_prefix=f"/{label}"))
 
         # latency with the measured app alone on the machine; the unbatched twin joins for the throughput rounds
         clients = {"batched": deploy("batched", batch)}
@@ -154,13 +157,13 @@ def run(args) -> dict:
         for client in [*clients.values(), *([direct] if direct else [])]:  # warm-up: every replica gets work
             run_load(client, payloads[:CLIENTS], clients=CLIENTS)
         predictor.predict_bytes(payloads[0][0])
-        before = _raw_stats("bench-batched")
+        before = _raw_stats("bench-batched", topology)
         latency = _latency(predictor, clients["batched"], payloads[: min(n, 60)], direct)
-        latency["sequential_step_ms"] = _step_ms_between(before, _raw_stats("bench-batched"))
+        latency["sequential_step_ms"] = _step_ms_between(before, _raw_stats("bench-batched", topology))
         clients["unbatched"] = deploy("unbatched", 1)
         run_load(clients["unbatched"], payloads[:CLIENTS], clients=CLIENTS)  # its warm-up
         throughput = _throughput(clients, payloads)
-        stats = {label: _batch_stats(f"bench-{label}") for label in clients}
+        stats = {label: _batch_stats(f"bench-{label}", topology) for label in clients}
         serve.shutdown()
         torch.set_num_threads(torch_threads)
 
@@ -170,7 +173,7 @@ def run(args) -> dict:
         "bundle": "given" if args.bundle else "tiny (trained for this run)",
         "n": n, "clients": CLIENTS, "rounds": ROUNDS, "max_batch_size": batch,
         "batch_wait_timeout_s": ServeConfig().batch_wait_timeout_s, "adaptive_wait": ServeConfig().adaptive_wait,
-        "in_process_torch_threads": 1, "num_gpus_per_replica": gpus,
+        "in_process_torch_threads": 1, "num_gpus_per_replica": gpus, "topology": topology,
         **latency,
         f"http_{CLIENTS}_clients": throughput,
         "batch_stats_cumulative": stats,

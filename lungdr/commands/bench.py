@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve: GPUs per replica (e.g. 0.2; the in-process predictor then runs on CUDA too)")
     p.add_argument("--direct-ingress", action="store_true",
                    help="serve: also time HTTP straight to the ingress replica (Serve's experimental direct ingress)")
+    p.add_argument("--topology", choices=("composed", "single"), default=None,
+                   help="serve: a deployment per model (composed, the default) or the models inside the ingress")
     p.set_defaults(func=run)
 
 

@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="name of the environment variable holding the bearer token (no token: open API)")
     p.add_argument("--config", default=None, help="lungdr YAML; its serve: section sets replicas, batching, limits")
     p.add_argument("--max-upload-mb", type=float, default=None)
+    p.add_argument("--topology", choices=("composed", "single"), default=None,
+                   help="composed (default): a deployment per model; single: the ingress runs the models itself "
+                        "(no model hops: lowest latency on a small node)")
     p.add_argument("--address", default=None, help="Ray address to join (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("--direct-ingress", action="store_true",
                    help="experimental (Ray 2.60): the ingress replica also serves HTTP on a port of its own, "
@@ -25,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from lungdr.scale.serve import serve_forever
 
     app_args = {"bundle_uri": args.bundle, "config": args.config, "token_env": args.token_env,
-                "max_upload_mb": args.max_upload_mb}
+                "max_upload_mb": args.max_upload_mb, "topology": args.topology}
     serve_forever({k: v for k, v in app_args.items() if v is not None},
                   host=args.host, port=args.port, address=args.address, direct_ingress=args.direct_ingress)
     return 0

@@ -7,7 +7,9 @@
 
 The per-request CPU work sits in the ingress, whose batch makes ONE call per model with the stacked images; the
 model deployments batch again (in images), merging calls from several ingress replicas. Each stage is a plain
-class in ``serve_stages`` plus a one-line ``@serve.deployment`` subclass here. ``build_app(args)`` is the
+class in ``serve_stages`` plus a one-line ``@serve.deployment`` subclass here. ``topology: single`` deploys the
+ingress alone, running the four models in its own process: no model hops (the lowest latency on a small node),
+but the models can no longer be scaled or placed on GPUs separately. ``build_app(args)`` is the
 application builder for ``serve run lungdr.scale.serve:build_app bundle_uri=...``, ``serve deploy`` and KubeRay.
 """
 
@@ -194,8 +196,11 @@ def build_app(args: dict):
     stage = dict(bundle_uri=bundle_uri, max_batch_size=cfg.max_batch_size,
                  batch_wait_timeout_s=cfg.batch_wait_timeout_s, device="cuda" if cfg.num_gpus > 0 else None,
                  adaptive_wait=cfg.adaptive_wait)
-    models = [d.options(**model_options(cfg)).bind(**stage)
-              for d in (SegmenterDeployment, SVMDeployment, TransferDeployment, CNN3DDeployment)]
+    if cfg.topology == "single":  # the ingress replicas run the models themselves: no model hops
+        models = [None] * 4
+    else:
+        models = [d.options(**model_options(cfg)).bind(**stage)
+                  for d in (SegmenterDeployment, SVMDeployment, TransferDeployment, CNN3DDeployment)]
     ingress = LungdrIngress.options(**model_options(cfg, PipelineServer.concurrent_batches, cfg.ingress_replicas,
                                                     access_log=cfg.access_log))
     return ingress.bind(*models, settings=to_dict(cfg), bundle_uri=bundle_uri, device=stage["device"])

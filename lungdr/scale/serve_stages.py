@@ -23,6 +23,7 @@ import base64
 import itertools
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import cv2
@@ -210,13 +211,18 @@ class SegmenterServer(ModelStage):
         return self.predictor.segment(images)
 
 
+def classify_with(predictor, model: str, images: np.ndarray, masks: np.ndarray) -> dict:
+    """One classifier of ``predictor`` on a stacked batch: ``{"p": (k,) P(abnormal), "embed": (k, D)}``."""
+    return predictor.classify(images, masks, models=[model])[model]
+
+
 class ClassifierServer(ModelStage):
     """``(images, masks)`` → ``{"p": (k,) P(abnormal), "embed": (k, D)}`` (embeddings feed the OOD guard)."""
 
     model = ""
 
     def run(self, images: np.ndarray, masks: np.ndarray) -> dict:
-        return self.predictor.classify(images, masks, models=[self.model])[self.model]
+        return classify_with(self.predictor, self.model, images, masks)
 
     @staticmethod
     def take(out: dict, a: int, b: int) -> dict:
@@ -235,10 +241,28 @@ class CNN3DServer(ClassifierServer):
     model = "cnn3d"
 
 
+class LocalModel:
+    """In-process stand-in for a model deployment's handle (``topology: single``): ``.remote(*arrays)`` runs
+    ``fn`` in a worker thread, so the three classifiers still run side by side (torch releases the GIL)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *arrays):
+        return asyncio.to_thread(self.fn, *arrays)
+
+
+def local_models(predictor) -> tuple:
+    """``(segmenter, svm, transfer, cnn3d)`` stand-ins that run ``predictor``'s own models in this process."""
+    return (LocalModel(predictor.segment),
+            *(LocalModel(partial(classify_with, predictor, name)) for name in ("svm", "transfer", "cnn3d")))
+
+
 class PipelineServer(BatchedStage):
     """A batch of uploads → decode + preprocess → segment → C1/C2/C3 → per request ``Predictor.decide`` (vote, TTA
     re-predict, OOD, needs_review), exactly as ``Predictor.predict_bytes``. Model calls are retried for up to
-    ``retry_s`` while a replica is replaced. Bad uploads (and a 503) come back as ``error_answer`` dicts."""
+    ``retry_s`` while a replica is replaced. Bad uploads (and a 503) come back as ``error_answer`` dicts.
+    Without model handles (all four ``None``) it runs its own predictor's models in-process (``local_models``)."""
 
     concurrent_batches = 2  # one batch decodes / votes while another waits on the models
 
@@ -246,6 +270,11 @@ class PipelineServer(BatchedStage):
                  batch_wait_timeout_s: float = 0.002, device: str | None = None, adaptive_wait: bool = True,
                  retry_s: float = 20.0):
         super().__init__(bundle_uri, max_batch_size, batch_wait_timeout_s, device, adaptive_wait)
+        handles = (segmenter, svm, transfer, cnn3d)
+        if all(h is None for h in handles):
+            segmenter, svm, transfer, cnn3d = local_models(self.predictor)
+        elif any(h is None for h in handles):
+            raise ValueError("PipelineServer needs all four model handles, or none (models in-process)")
         self.segmenter = segmenter
         self.classifiers = {"svm": svm, "transfer": transfer, "cnn3d": cnn3d}
         self.retry_s = retry_s

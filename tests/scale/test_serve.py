@@ -270,6 +270,31 @@ def test_killed_model_replica_is_replaced_without_losing_requests(client, upload
     assert [a.status for a in after] == [200] * 12
 
 
+def test_single_topology_runs_the_models_inside_the_ingress(server, bundle, uploads, expected):
+    """``topology: single``: one ingress deployment and no model deployments; the same answers as the in-process
+    predictor, and its requests still batch (stacked model calls inside the replica)."""
+    import ray
+    from ray import serve
+
+    from lungdr.scale.serve import driver_handle, start
+
+    app, port = f"{APP}-single", int(server.rsplit(":", 1)[1])
+    url = start({"bundle_uri": bundle, "topology": "single", "batch_wait_timeout_s": 0.05},
+                host="127.0.0.1", port=port, name=app, route_prefix="/single")
+    try:
+        deployments = {a["name"].split("#")[1] for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{app}#")}
+        assert deployments == {"LungdrIngress"}, deployments
+        answers = run_load(Client(url), [uploads[i % len(uploads)] for i in range(48)], clients=8)
+        assert [a.status for a in answers] == [200] * 48
+        for a in answers:
+            _same(a.body, expected[a.index % len(uploads)])
+        stats = driver_handle("LungdrIngress", app).stats.remote().result(timeout_s=60)
+        assert stats["max_batch_size_seen"] > 1 and stats["items"] >= 48, stats
+    finally:
+        serve.delete(app)
+
+
 def test_app_settings_from_cli_strings_yaml_and_errors(tmp_path):
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -284,7 +309,7 @@ def test_app_settings_from_cli_strings_yaml_and_errors(tmp_path):
     assert model_options(cfg)["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 5,
                                                         "target_ongoing_requests": cfg.target_ongoing_requests}
     for bad in ({}, {"bundle_uri": "b", "replicaz": 2}, {"bundle_uri": "b", "max_batch_size": "eight"},
-                {"bundle_uri": "b", "max_upload_mb": 0}):
+                {"bundle_uri": "b", "max_upload_mb": 0}, {"bundle_uri": "b", "topology": "mesh"}):
         with pytest.raises(ConfigError):
             app_settings(bad)
     with pytest.raises(ConfigError):
