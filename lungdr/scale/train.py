@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -88,6 +89,22 @@ def fit_svm_task(features_ds, cfg: dict, storage: str | None) -> dict:
 
 # ---------------------------------------------------------------- C2 / C3: Ray Train workers
 
+def worker_threads(own_cpus: float, free_cpus: float, node_cpus: float) -> int:
+    """Torch threads for a CPU training worker: its own CPU share plus the CPUs nobody holds, rounded down, between
+    1 and the node's CPUs. Two 0.5-CPU workers on a 2-core node get one thread each; the one still training after
+    the other has finished gets both (Ray alone would keep it on one thread, half the machine idle)."""
+    return int(max(1, min(node_cpus, math.floor(own_cpus + max(free_cpus, 0.0) + 1e-9))))
+
+
+def elastic_threads(own_cpus: float) -> int | None:
+    """``worker_threads`` on a one-node cluster, where the free CPUs are the node's; None elsewhere (Ray's own
+    per-worker threads stay)."""
+    if sum(1 for n in ray.nodes() if n.get("Alive")) != 1:
+        return None
+    return worker_threads(own_cpus, ray.available_resources().get("CPU", 0.0),
+                          ray.cluster_resources().get("CPU", 1.0))
+
+
 def _shard_batches(shard, batch_size: int, augment=None, rng=None):
     """Shuffled ``(x, y)`` batches of a worker's shard; the shuffle (and augmentation) draw from ``rng``, so a seeded
     run sees the same batches each time."""
@@ -128,6 +145,9 @@ def network_loop(config: dict) -> None:
             ct_losses.append(train_epoch(model, optimizer, _shard_batches(ct, cfg.batch_size, rng=rng), device))
     history = []
     for epoch in range(cfg.epochs):
+        threads = elastic_threads(config.get("cpus", 1.0)) if device.type == "cpu" else None
+        if threads:
+            torch.set_num_threads(threads)  # re-checked every epoch: CPUs freed by a finished trainer get used
         lr = set_epoch_lr(optimizer, cfg, epoch, cfg.epochs)
         batches = _shard_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, clf.augment_fn(), rng)
         loss = train_epoch(model, optimizer, batches, device)
@@ -135,7 +155,7 @@ def network_loop(config: dict) -> None:
         auc = float(roc_auc_score(val["y"], p)) if len(set(val["y"].tolist())) == 2 else None
         acc = float(np.mean((p >= 0.5) == val["y"])) if len(p) else None
         metrics = {"epoch": epoch, "lr": lr, "loss": loss, "val_auc": auc, "val_accuracy": acc,
-                   "val_score": auc if auc is not None else (acc or 0.0)}
+                   "val_score": auc if auc is not None else (acc or 0.0), "threads": torch.get_num_threads()}
         history.append(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
@@ -159,7 +179,8 @@ def _network_trainer(name: str, cfg, datasets: dict, resources: dict, use_gpu: b
     path, fs = filesystem_for(storage) if storage else (None, None)
     return TorchTrainer(
         network_loop,
-        train_loop_config={"name": name, "cfg": to_dict(cfg), "ct_epochs": ct_epochs, "ct_sources": ct_sources},
+        train_loop_config={"name": name, "cfg": to_dict(cfg), "ct_epochs": ct_epochs, "ct_sources": ct_sources,
+                           "cpus": resources.get("CPU", 1.0)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=f"{run}-{name}", storage_path=path, storage_filesystem=fs,

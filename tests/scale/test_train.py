@@ -44,6 +44,8 @@ def test_parallel_training_writes_a_verified_bundle(ray_session, tmp_path):
     assert "not tuberculosis" in card and "NOT pretrained" in card and "SYNTHETIC" in card
     assert summary["parallel"] and set(summary["per_model_seconds"]) == {"svm", "transfer", "cnn3d"}
     assert len(summary["epochs"]["transfer"]) >= 1 and (tmp_path / "runs").is_dir()  # checkpoints written
+    for name in ("transfer", "cnn3d"):  # CPU workers take what the node has free, within its 2 CPUs
+        assert all(1 <= e["threads"] <= 2 for e in summary["epochs"][name]), summary["epochs"][name]
     # each checkpoint records the rate of every epoch so far: C2 constant (the default), C3 cosine over 2 epochs
     for name, rates in (("transfer", [1e-3, 1e-3]), ("cnn3d", [1e-3, 0.5e-3])):
         metas = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob(f"*-{name}/checkpoint_*/meta.json")]
@@ -79,3 +81,41 @@ def test_worker_batches_shuffle_reproducibly_with_the_seed(ray_session):
     first, again, other = order(1), order(1), order(2)
     assert sorted(first) == list(range(64)) and first != list(range(64))
     assert first == again and first != other
+
+
+@pytest.mark.parametrize("own, free, node, threads", [
+    (0.5, 0.5, 2, 1),   # two 0.5-CPU trainers and a 0.5-CPU task share 2 cores: one thread each
+    (0.5, 1.0, 2, 1),
+    (0.5, 1.5, 2, 2),   # the other trainer has finished: both cores
+    (0.5, 0.0, 2, 1),   # nothing free: still one thread
+    (0.5, -0.5, 2, 1),  # over-committed node
+    (1.0, 15.0, 16, 16),
+    (4.0, 30.0, 16, 16),  # never more than the node has
+])
+def test_worker_threads_use_free_cpus_within_the_node(own, free, node, threads):
+    from lungdr.scale.train import worker_threads
+
+    assert worker_threads(own, free, node) == threads
+
+
+def test_a_lone_cpu_worker_takes_the_idle_cores(ray_session):
+    """Inside a 0.5-CPU Ray worker on the otherwise idle 2-CPU test session: both cores; with another 1.0 CPU held
+    by a running task: one."""
+    import ray
+
+    from lungdr.scale.train import elastic_threads
+
+    probe = ray.remote(num_cpus=0.5)(elastic_threads)
+    assert ray.get(probe.remote(0.5), timeout=60) == 2
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote(), timeout=60)
+    try:
+        assert ray.get(probe.remote(0.5), timeout=60) == 1
+    finally:
+        ray.kill(holder)
