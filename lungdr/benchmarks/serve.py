@@ -82,10 +82,10 @@ def _throughput(clients: dict[str, Client], payloads) -> dict:
 
 
 def _raw_stats(app: str, topology: str = "composed") -> dict:
-    from lungdr.scale.serve import BATCHED_DEPLOYMENTS, driver_handle
+    from lungdr.scale.serve import batched_deployments, driver_handle
 
-    names = BATCHED_DEPLOYMENTS if topology == "composed" else BATCHED_DEPLOYMENTS[:1]  # single: the ingress only
-    return {name: driver_handle(name, app).stats.remote().result(timeout_s=60) for name in names}
+    return {name: driver_handle(name, app).stats.remote().result(timeout_s=60)
+            for name in batched_deployments(topology)}
 
 
 def _batch_stats(app: str, topology: str = "composed") -> dict:

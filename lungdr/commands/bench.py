@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from lungdr.config import TOPOLOGIES
 import contextlib
 import importlib
 import json
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="serve: GPUs per replica (e.g. 0.2; the in-process predictor then runs on CUDA too)")
     p.add_argument("--direct-ingress", action="store_true",
                    help="serve: also time HTTP straight to the ingress replica (Serve's experimental direct ingress)")
-    p.add_argument("--topology", choices=("composed", "single"), default=None,
+    p.add_argument("--topology", choices=TOPOLOGIES, default=None,
                    help="serve: a deployment per model (composed, the default) or the models inside the ingress")
     p.set_defaults(func=run)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lungdr.config import TOPOLOGIES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a model bundle over HTTP with Ray Serve (see docs/SERVING.md)")
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="name of the environment variable holding the bearer token (no token: open API)")
     p.add_argument("--config", default=None, help="lungdr YAML; its serve: section sets replicas, batching, limits")
     p.add_argument("--max-upload-mb", type=float, default=None)
-    p.add_argument("--topology", choices=("composed", "single"), default=None,
+    p.add_argument("--topology", choices=TOPOLOGIES, default=None,
                    help="composed (default): a deployment per model; single: the ingress runs the models itself "
                         "(no model hops: lowest latency on a small node)")
     p.add_argument("--address", default=None, help="Ray address to join (default: RAY_ADDRESS or a local Ray)")

@@ -46,6 +46,11 @@ MODEL_DEPLOYMENTS = ("SegmenterDeployment", "SVMDeployment", "TransferDeployment
 BATCHED_DEPLOYMENTS = ("LungdrIngress",) + MODEL_DEPLOYMENTS
 
 
+def batched_deployments(topology: str) -> tuple[str, ...]:
+    """The batched deployments an app of this topology has (``single``: the ingress alone)."""
+    return BATCHED_DEPLOYMENTS if topology == "composed" else BATCHED_DEPLOYMENTS[:1]
+
+
 @serve.deployment
 class SegmenterDeployment(SegmenterServer):
     """U-Net lung segmentation replica."""

@@ -34,6 +34,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from lungdr.errors import LungdrError
 from lungdr.io import decode
+from lungdr.models import CLASSIFIER_NAMES
 from lungdr.predictor import lung_area_fraction
 from lungdr.scale.serve_api import ApiError, status_of
 from lungdr.transforms import unletterbox
@@ -255,7 +256,7 @@ class LocalModel:
 def local_models(predictor) -> tuple:
     """``(segmenter, svm, transfer, cnn3d)`` stand-ins that run ``predictor``'s own models in this process."""
     return (LocalModel(predictor.segment),
-            *(LocalModel(partial(classify_with, predictor, name)) for name in ("svm", "transfer", "cnn3d")))
+            *(LocalModel(partial(classify_with, predictor, name)) for name in CLASSIFIER_NAMES))
 
 
 class PipelineServer(BatchedStage):

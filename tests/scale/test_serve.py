@@ -237,12 +237,13 @@ def test_adaptive_wait_grows_only_while_a_batch_runs():
     wait.finished(token)
 
 
-def _replicas(name: str) -> list[str]:
-    """Names of the deployment's live replica actors. Serve names them ``SERVE_REPLICA::<app>#<deployment>#<id>``
-    in the ``serve`` namespace; this asks the GCS directly (the state API would need the dashboard, off in tests)."""
+def _replicas(name: str = "", app: str = APP) -> list[str]:
+    """Names of the live replica actors of deployment ``name`` (every deployment when empty) of ``app``. Serve names
+    them ``SERVE_REPLICA::<app>#<deployment>#<id>`` in the ``serve`` namespace; this asks the GCS directly (the state
+    API would need the dashboard, off in tests)."""
     import ray
 
-    prefix = f"SERVE_REPLICA::{APP}#{name}#"
+    prefix = f"SERVE_REPLICA::{app}#{name + '#' if name else ''}"
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                   if a["namespace"] == "serve" and a["name"].startswith(prefix))
 
@@ -273,7 +274,6 @@ def test_killed_model_replica_is_replaced_without_losing_requests(client, upload
 def test_single_topology_runs_the_models_inside_the_ingress(server, bundle, uploads, expected):
     """``topology: single``: one ingress deployment and no model deployments; the same answers as the in-process
     predictor, and its requests still batch (stacked model calls inside the replica)."""
-    import ray
     from ray import serve
 
     from lungdr.scale.serve import driver_handle, start
@@ -282,8 +282,7 @@ def test_single_topology_runs_the_models_inside_the_ingress(server, bundle, uplo
     url = start({"bundle_uri": bundle, "topology": "single", "batch_wait_timeout_s": 0.05},
                 host="127.0.0.1", port=port, name=app, route_prefix="/single")
     try:
-        deployments = {a["name"].split("#")[1] for a in ray.util.list_named_actors(all_namespaces=True)
-                       if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{app}#")}
+        deployments = {replica.split("#")[1] for replica in _replicas(app=app)}
         assert deployments == {"LungdrIngress"}, deployments
         answers = run_load(Client(url), [uploads[i % len(uploads)] for i in range(48)], clients=8)
         assert [a.status for a in answers] == [200] * 48
