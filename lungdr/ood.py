@@ -1,7 +1,7 @@
 """Out-of-distribution guard: is this scan like the chest DRs the models were trained on?
 
-Each *space* — every classifier's embedding, plus ``mask_stats`` of the lung mask (area, components, bounding
-box) — is modelled on training data: standardise, project on the top principal components, fit a
+Each *space* — every classifier's embedding, ``mask_stats`` of the lung mask (area, components, bounding box) and
+``image_stats`` of how the film was acquired (noise, detail, contrast) — is modelled on training data: standardise, project on the top principal components, fit a
 shrinkage covariance (Ledoit-Wolf). A sample's distance in a space combines its Mahalanobis distance inside the
 subspace with its residual off it (scaled by the validation residual), per dimension, divided by that space's
 ``quantile`` of validation distances (its ratio). The spaces are then combined into ONE decision: the score is the
@@ -24,6 +24,8 @@ from lungdr.errors import BundleError
 from lungdr.models.base import ModelInputError, NotFittedError
 
 MASK_SPACE = "mask"
+IMAGE_SPACE = "image"
+ACQUISITION_SIZE = 128  # px side image_stats work at (see there)
 MIN_COMPONENT_FRACTION = 0.005  # components smaller than this share of the image are ignored
 
 
@@ -44,6 +46,44 @@ def mask_stats(mask: np.ndarray) -> np.ndarray:
 
 def mask_stats_matrix(masks) -> np.ndarray:
     return np.stack([mask_stats(m) for m in masks])
+
+
+def image_stats(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``(5,)`` acquisition statistics of a preprocessed image, the things that differ between detectors, sites and
+    post-processing more than between diseases: noise inside the lungs (robust sigma of the 3 x 3 median residual),
+    mean |Laplacian| inside the lungs at ``ACQUISITION_SIZE`` and at half of it (fine and coarse detail), lung
+    minus non-lung mean intensity, mean gradient off the lungs.
+
+    Why a space of its own: noise, a vendor's edge enhancement or a flat film add fine texture that the classifiers
+    read as disease, so a shifted *normal* scan moves towards the abnormal training cluster, where the embedding
+    distances see nothing unusual (docs/CLASSIFIERS.md, "Shifted scans"). Why ``ACQUISITION_SIZE``: at the model's
+    256 px the same paediatric films stored as 512 px PNG instead of 320 px JPEG already differ (half of them were
+    flagged); at 128 px they do not, while added noise and edge enhancement still stand out. (A fine / coarse ratio
+    was dropped: JPEG storage moves it most, and the Mahalanobis distance sees the two terms' relation anyway.)"""
+    x = np.asarray(image, np.float32)
+    inside = np.asarray(mask) > 0
+    if inside.shape != x.shape:
+        raise ModelInputError(f"mask shape {inside.shape} != image shape {x.shape}")
+    if x.shape[0] > ACQUISITION_SIZE or x.shape[1] > ACQUISITION_SIZE:
+        side = (min(x.shape[1], ACQUISITION_SIZE), min(x.shape[0], ACQUISITION_SIZE))
+        x = cv2.resize(x, side, interpolation=cv2.INTER_AREA)
+        inside = cv2.resize(inside.astype(np.uint8), side, interpolation=cv2.INTER_NEAREST) > 0
+    if not inside.any():
+        inside = np.ones_like(inside)
+    fine = np.abs(cv2.Laplacian(x, cv2.CV_32F, ksize=1))[inside].mean()
+    half = cv2.resize(x, (max(1, x.shape[1] // 2), max(1, x.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+    half_inside = cv2.resize(inside.astype(np.uint8), half.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+    half_detail = np.abs(cv2.Laplacian(half, cv2.CV_32F, ksize=1))
+    coarse = (half_detail[half_inside] if half_inside.any() else half_detail).mean()
+    off = ~inside if (~inside).any() else inside
+    gy, gx = np.gradient(x)
+    noise = 1.4826 * np.median(np.abs(x - cv2.medianBlur(x, 3))[inside])
+    return np.array([noise, fine, coarse, x[inside].mean() - x[off].mean(), np.hypot(gx, gy)[off].mean()],
+                    np.float64)
+
+
+def image_stats_matrix(images, masks) -> np.ndarray:
+    return np.stack([image_stats(x, m) for x, m in zip(images, masks)])
 
 
 class _Space:
@@ -161,7 +201,17 @@ class OODGuard:
 
 
 def guard_features(classifiers: dict, images, masks) -> dict[str, np.ndarray]:
-    """The guard's input for a batch: every classifier's ``embed`` plus the mask statistics."""
+    """The guard's input for a batch: every classifier's ``embed`` plus the mask and acquisition statistics."""
     feats = {name: clf.embed(images, masks) for name, clf in classifiers.items()}
-    feats[MASK_SPACE] = mask_stats_matrix(masks)
+    feats.update(statistic_spaces(images, masks))
     return feats
+
+
+def statistic_spaces(images, masks, spaces=(MASK_SPACE, IMAGE_SPACE)) -> dict[str, np.ndarray]:
+    """The model-free spaces of a batch, those of ``spaces`` only (a guard saved before the image space has none)."""
+    out = {}
+    if MASK_SPACE in spaces:
+        out[MASK_SPACE] = mask_stats_matrix(masks)
+    if IMAGE_SPACE in spaces:
+        out[IMAGE_SPACE] = image_stats_matrix(images, masks)
+    return out

@@ -21,7 +21,7 @@ from lungdr.ensemble import Fusion, OUT_OF_DISTRIBUTION, tta_repredict
 from lungdr.io import decode
 from lungdr.models import CLASSIFIER_NAMES, classifier_class
 from lungdr.models.base import read_config
-from lungdr.ood import MASK_SPACE, OODGuard, mask_stats_matrix
+from lungdr.ood import OODGuard, statistic_spaces
 from lungdr.segmentation.segmenter import Segmenter
 from lungdr.transforms import LetterboxInfo, unletterbox
 
@@ -90,7 +90,7 @@ class Predictor:
         """Fusion + OOD guard + TTA re-prediction for undecided in-distribution cases → result dicts."""
         names = [n for n in self.classifiers if n in classified]
         probs = {n: classified[n]["p"] for n in names}
-        ood = self._ood(masks, {n: classified[n]["embed"] for n in names})
+        ood = self._ood(images, masks, {n: classified[n]["embed"] for n in names})
         results = []
         for i in range(len(masks)):
             is_ood = ood is not None and ood[i][1]
@@ -116,12 +116,11 @@ class Predictor:
             })
         return results
 
-    def _ood(self, masks, embeds: dict):
+    def _ood(self, images, masks, embeds: dict):
         if self.guard is None:
             return None
         feats = {n: e for n, e in embeds.items() if n in self.guard.spaces}
-        if MASK_SPACE in self.guard.spaces:
-            feats[MASK_SPACE] = mask_stats_matrix(list(masks))
+        feats.update(statistic_spaces(list(images), list(masks), self.guard.spaces))
         return self.guard.score_batch(feats)
 
     # ------------------------------------------------------------------ whole pipeline

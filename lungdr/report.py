@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -27,6 +28,16 @@ def metrics_table(metrics: dict) -> str:
         for n, m in metrics.items())
     return ("<table><tr><th>model</th><th>accuracy</th><th>AUC</th><th>sensitivity</th><th>specificity</th>"
             f"<th>n</th><th>coverage</th><th>needs review</th></tr>{rows}</table>")
+
+
+def stress_table(table: dict) -> str:
+    """``lungdr.shifts.ShiftTally.table()`` as HTML: per shift and true class, right / wrong / flagged."""
+    rows = "".join(
+        f"<tr><td>{html.escape(v)}</td><td>{html.escape(c)}</td><td>{r[c]['n']}</td><td>{r[c]['right']}</td>"
+        f"<td>{r[c]['wrong']}</td><td>{r[c]['out_of_distribution']}</td><td>{r[c]['no_majority']}</td>"
+        f"<td>{r[c]['error']}</td></tr>" for v, r in table.items() for c in ("normal", "abnormal"))
+    return ("<table><tr><th>shift</th><th>truth</th><th>n</th><th>right</th><th>wrong</th>"
+            f"<th>out of distribution</th><th>no majority</th><th>error</th></tr>{rows}</table>")
 
 
 def roc_svg(curves: dict[str, dict | None], size: int = 320) -> str:
@@ -78,9 +89,10 @@ def overlay_png(image: np.ndarray, mask: np.ndarray | None, size: int = 160) -> 
     return base64.b64encode(cv2.imencode(".png", rgb)[1].tobytes()).decode()
 
 
-def render(metrics: dict, y_true, probs: dict[str, np.ndarray], samples: list[dict], title: str = "lungdr evaluation") -> str:
+def render(metrics: dict, y_true, probs: dict[str, np.ndarray], samples: list[dict], title: str = "lungdr evaluation",
+           stress: dict | None = None) -> str:
     """The whole page. ``probs``: model -> p_abnormal (incl. "fusion"); ``samples``: dicts with ``id, image,
-    mask, true_label, label, votes, probabilities, review_reason``."""
+    mask, true_label, label, votes, probabilities, review_reason``; ``stress``: the shifted-scan table, if any."""
     curves = {n: roc_points(y_true, p) for n, p in probs.items()}
     confusions = "".join(confusion_svg(metrics[n], n) for n in MODELS if n in metrics)
     cards = []
@@ -98,16 +110,21 @@ def render(metrics: dict, y_true, probs: dict[str, np.ndarray], samples: list[di
             "<p class='warn'><b>abnormal = pneumonia, not tuberculosis.</b> Research software, not a medical device."
             " Fusion accuracy/sensitivity/specificity count decided cases only (coverage = decided share).</p>"
             f"<h2>Metrics (Table 2 style)</h2>{metrics_table(metrics)}<h2>ROC curves</h2>{roc_svg(curves)}"
-            f"<h2>Confusion matrices</h2>{confusions}<h2>Samples</h2>{''.join(cards)}</body></html>")
+            f"<h2>Confusion matrices</h2>{confusions}"
+            + (f"<h2>Shifted scans</h2><p>Each image again under synthetic shifts (lungdr.segmentation.stress); a "
+               f"shift may cost coverage, a <b>wrong</b> label is a confident error.</p>{stress_table(stress)}"
+               if stress else "")
+            + f"<h2>Samples</h2>{''.join(cards)}</body></html>")
 
 
 PREDICTION_COLUMNS = ("id", "true_label", "label", "p_abnormal", "needs_review", "review_reason", "error")
 
 
 def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, n_samples: int = 12,
-                    batch_size: int = 16) -> dict:
+                    batch_size: int = 16, stress: Sequence[str] = ()) -> dict:
     """Score every labelled image of ``data`` with the bundle's ``Predictor``; write ``metrics.json``,
-    ``predictions.csv`` and ``report.html`` into local folder ``out``. Returns the metrics."""
+    ``predictions.csv`` and ``report.html`` into local folder ``out``. Returns the metrics. ``stress``: shift
+    variants (``lungdr.shifts``) each image is also scored under; their outcome table goes to ``stress.json``."""
     import csv
     import json
     from pathlib import Path
@@ -117,8 +134,10 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
     from lungdr.io import decode, load_corpus, read_bytes
     from lungdr.metrics import classification_metrics
     from lungdr.predictor import Predictor
+    from lungdr.shifts import ShiftTally
 
     predictor = Predictor.from_bundle(bundle)
+    tally = ShiftTally(stress)
     names = list(predictor.classifiers)
     items = [i for i in load_corpus(data) if i.label is not None][:limit]
     rows, samples, done = [], [], []
@@ -130,7 +149,9 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
                 ok.append(item)
             except Exception as exc:  # noqa: BLE001 - an unreadable file is a row, not a crash
                 rows.append({"id": item.id, "true_label": item.label, "label": None, "error": reason_of(exc)})
-        for item, image, res in zip(ok, images, predictor.predict_images(images, [i.id for i in ok], return_mask=True)):
+        results = predictor.predict_images(images, [i.id for i in ok], return_mask=True)
+        _score_shifted(predictor, tally, images, results, [i.label for i in ok], start)
+        for item, image, res in zip(ok, images, results):
             row = {"id": item.id, "true_label": item.label, "label": res["label"], "p_abnormal": res["p_abnormal"],
                    "needs_review": res["needs_review"], "review_reason": res["review_reason"], "error": None}
             row["repredicted"] = res["repredicted"]
@@ -160,6 +181,25 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
         writer = csv.DictWriter(fh, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    table = tally.table() if stress else None
+    if table:
+        (out_dir / "stress.json").write_text(json.dumps(table, indent=2))
     (out_dir / "report.html").write_text(render(metrics, y, probs, samples,
-                                                f"lungdr evaluation — model {predictor.model_version}"))
+                                                f"lungdr evaluation — model {predictor.model_version}", table))
     return metrics
+
+
+def _score_shifted(predictor, tally, images: list, results: list[dict], labels: list, first: int) -> None:
+    """Each image of a batch again under every variant of ``tally``; shifts are seeded by the corpus position."""
+    from lungdr.errors import LungdrError
+    from lungdr.shifts import outcome, shifted_copies
+
+    seeds = list(range(first, first + len(images)))
+    for variant in tally.variants:
+        copies = shifted_copies(variant, images, [r["mask"] for r in results], seeds)
+        try:
+            outcomes = [outcome(r, t) for r, t in zip(predictor.predict_images(copies), labels)]
+        except LungdrError:  # a batch the pipeline refuses counts as errors, the evaluation goes on
+            outcomes = ["error"] * len(copies)
+        for label, what in zip(labels, outcomes):
+            tally.add(variant, label, what)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,13 +13,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", required=True, help="full model bundle (folder or s3://)")
     p.add_argument("--out", required=True, help="local output folder")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--stress", default=None, metavar="VARIANTS",
+                   help="also score every image under these shifts (comma-separated stress variants, e.g. "
+                        "adult,noise,zoom_in, or 'all'): outcome table in stress.json")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from lungdr.report import evaluate_corpus
+    from lungdr.shifts import parse_variants
 
-    metrics = evaluate_corpus(args.data, args.bundle, args.out, limit=args.limit)
-    print(json.dumps({k: {m: v.get(m) for m in ("accuracy", "auc", "n", "coverage") if m in v}
-                      for k, v in metrics.items()}, indent=2))
+    stress = parse_variants(args.stress)
+    metrics = evaluate_corpus(args.data, args.bundle, args.out, limit=args.limit, stress=stress)
+    summary = {k: {m: v.get(m) for m in ("accuracy", "auc", "n", "coverage") if m in v} for k, v in metrics.items()}
+    if stress:
+        table = json.loads((Path(args.out) / "stress.json").read_text())
+        summary["stress"] = {v: {k: row[k] for k in ("n", "wrong", "flagged", "normal_called_abnormal")}
+                             for v, row in table.items()}
+    print(json.dumps(summary, indent=2))
     return 0

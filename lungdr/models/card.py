@@ -21,6 +21,8 @@ CAVEATS = [
     "research software, not a medical device: every output needs review by a qualified reader",
     "C3 (3-D CNN) CT pre-training data are SYNTHETIC phantoms (nodules = abnormal); the one real CT series "
     "available is unlabelled and not used for training",
+    "trained on paediatric films only; no adult chest X-ray was available, so the out-of-distribution guard was "
+    "checked on synthetic shifts (`lungdr evaluate --stress`), CT slices and non-chest images, not on real adult films",
 ]
 
 
@@ -51,6 +53,9 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         + ("log-odds (mapped back to a probability)." if pooling == "logit" else "probabilities."),
         "- A vote below the clear-majority threshold is repeated on test-time-augmented copies; the re-vote labels "
         "the case only if it is clear and leans the same way as the first vote, otherwise `needs_review`.",
+        "- Out-of-distribution guard: distances in each model's embedding, in the lung mask's shape statistics and "
+        "in the film's acquisition statistics (noise, fine detail, contrast), one threshold at the validation "
+        "quantile; a scan past it is `needs_review` (`out_of_distribution`), never labelled.",
         "", "## Validation metrics (patient-disjoint split)", "",
         "| model | accuracy | AUC | sensitivity | specificity | n |", "|---|---|---|---|---|---|", rows, "",
         f"Fusion accuracy counts decided cases only; coverage {_f(metrics.get('fusion', {}).get('coverage'))}, "
