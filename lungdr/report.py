@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -31,13 +30,15 @@ def metrics_table(metrics: dict) -> str:
 
 
 def stress_table(table: dict) -> str:
-    """``lungdr.shifts.ShiftTally.table()`` as HTML: per shift and true class, right / wrong / flagged."""
+    """``lungdr.shifts.ShiftTally.table()`` as HTML: per shift and true class, the count of each outcome."""
+    from lungdr.shifts import CLASSES, OUTCOMES
+
     rows = "".join(
-        f"<tr><td>{html.escape(v)}</td><td>{html.escape(c)}</td><td>{r[c]['n']}</td><td>{r[c]['right']}</td>"
-        f"<td>{r[c]['wrong']}</td><td>{r[c]['out_of_distribution']}</td><td>{r[c]['no_majority']}</td>"
-        f"<td>{r[c]['error']}</td></tr>" for v, r in table.items() for c in ("normal", "abnormal"))
-    return ("<table><tr><th>shift</th><th>truth</th><th>n</th><th>right</th><th>wrong</th>"
-            f"<th>out of distribution</th><th>no majority</th><th>error</th></tr>{rows}</table>")
+        f"<tr><td>{html.escape(v)}</td><td>{c}</td><td>{r[c]['n']}</td>"
+        + "".join(f"<td>{r[c][o]}</td>" for o in OUTCOMES) + "</tr>"
+        for v, r in table.items() for c in CLASSES.values())
+    head = "".join(f"<th>{o.replace('_', ' ')}</th>" for o in OUTCOMES)
+    return f"<table><tr><th>shift</th><th>truth</th><th>n</th>{head}</tr>{rows}</table>"
 
 
 def roc_svg(curves: dict[str, dict | None], size: int = 320) -> str:
@@ -121,10 +122,11 @@ PREDICTION_COLUMNS = ("id", "true_label", "label", "p_abnormal", "needs_review",
 
 
 def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, n_samples: int = 12,
-                    batch_size: int = 16, stress: Sequence[str] = ()) -> dict:
+                    batch_size: int = 16, tally=None) -> dict:
     """Score every labelled image of ``data`` with the bundle's ``Predictor``; write ``metrics.json``,
-    ``predictions.csv`` and ``report.html`` into local folder ``out``. Returns the metrics. ``stress``: shift
-    variants (``lungdr.shifts``) each image is also scored under; their outcome table goes to ``stress.json``."""
+    ``predictions.csv`` and ``report.html`` into local folder ``out``. Returns the metrics. ``tally``: a
+    ``lungdr.shifts.ShiftTally`` whose shift variants each image is also scored under (filled in; its table goes to
+    ``stress.json`` and the report)."""
     import csv
     import json
     from pathlib import Path
@@ -137,7 +139,7 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
     from lungdr.shifts import ShiftTally
 
     predictor = Predictor.from_bundle(bundle)
-    tally = ShiftTally(stress)
+    tally = tally if tally is not None else ShiftTally(())
     names = list(predictor.classifiers)
     items = [i for i in load_corpus(data) if i.label is not None][:limit]
     rows, samples, done = [], [], []
@@ -181,7 +183,7 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
         writer = csv.DictWriter(fh, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    table = tally.table() if stress else None
+    table = tally.table() if tally.variants else None
     if table:
         (out_dir / "stress.json").write_text(json.dumps(table, indent=2))
     (out_dir / "report.html").write_text(render(metrics, y, probs, samples,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-
-from lungdr.config import TOPOLOGIES
 import contextlib
 import importlib
 import json
 import sys
+
+from lungdr.config import TOPOLOGIES
 
 BENCHMARKS = ("ingest", "segment", "train", "score", "serve", "cluster")
 

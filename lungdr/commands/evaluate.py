@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,14 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lungdr.report import evaluate_corpus
-    from lungdr.shifts import parse_variants
+    from lungdr.shifts import ShiftTally, parse_variants
 
-    stress = parse_variants(args.stress)
-    metrics = evaluate_corpus(args.data, args.bundle, args.out, limit=args.limit, stress=stress)
+    tally = ShiftTally(parse_variants(args.stress))
+    metrics = evaluate_corpus(args.data, args.bundle, args.out, limit=args.limit, tally=tally)
     summary = {k: {m: v.get(m) for m in ("accuracy", "auc", "n", "coverage") if m in v} for k, v in metrics.items()}
-    if stress:
-        table = json.loads((Path(args.out) / "stress.json").read_text())
+    if tally.variants:
         summary["stress"] = {v: {k: row[k] for k in ("n", "wrong", "flagged", "normal_called_abnormal")}
-                             for v, row in table.items()}
+                             for v, row in tally.table().items()}
     print(json.dumps(summary, indent=2))
     return 0
