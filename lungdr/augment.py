@@ -181,3 +181,10 @@ class PairedAugment:
         if self.photometric:
             image = photometric(image, self.cfg, rng)
         return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False), mask
+
+
+def augment_volume(volume: np.ndarray, aug: PairedAugment, rng: np.random.Generator) -> np.ndarray:
+    """One geometric draw of ``aug`` (affine + optional elastic field) applied to every frame of a ``(D, H, W)``
+    pseudo-volume, so the frames stay aligned; out-of-frame pixels are 0 (the volumes are masked)."""
+    affine, field = aug.draw_geometry(volume.shape[1:], rng)
+    return np.stack([apply_field(frame, field, "linear", affine) for frame in volume]).astype(np.float32, copy=False)

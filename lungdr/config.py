@@ -62,6 +62,8 @@ class SegmenterConfig:
     lr_schedule: str = "cosine"  # "cosine" (to ~0 over the epochs) | "constant"
     ema_decay: float = 0.0  # > 0: validate and ship an exponential moving average of the weights (e.g. 0.995)
     tta_scales: tuple[float, ...] = ()  # test-time zooms averaged with the plain pass (e.g. (0.9, 1.1)); () = off
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW / SGD) when > 0
+    bce_weight: float = 0.5  # loss = bce_weight * BCE + (1 - bce_weight) * (1 - soft Dice)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class CNN3DConfig:
     dropout: float = 0.5
     batch_size: int = 16
     epochs: int = 10
+    augment: bool = False  # geometric augmentation of the training volumes (one draw for all frames of a volume)
     seed: int = 0
 
     def __post_init__(self):

@@ -94,6 +94,22 @@ class CNN3D(TorchClassifier):
         vols = [lift_to_volume(lung_referenced(i, m), m, self.cfg.depth, self.cfg.size) for i, m in zip(images, masks)]
         return np.stack(vols)[:, None] if vols else np.zeros((0, 1, self.cfg.depth, self.cfg.size, self.cfg.size))
 
+    def augment_fn(self):
+        """Geometric augmentation of the training volumes (the shared ``AugmentConfig`` geometry: translation,
+        rotation, zoom, aspect, crop, elastic), one draw per volume for all its frames; None unless ``cfg.augment``.
+        DR pseudo-volumes are augmented this way, and so are CT volumes (in-plane) when ``fit_ct`` trains on them."""
+        if not self.cfg.augment:
+            return None
+        from lungdr.augment import PairedAugment, augment_volume
+        from lungdr.config import AugmentConfig
+
+        aug = PairedAugment(AugmentConfig(), photometric=False)
+
+        def apply(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            return np.stack([augment_volume(v[0], aug, rng)[None] for v in x])
+
+        return apply
+
     def ct_inputs(self, volumes_hu) -> np.ndarray:
         return np.stack([ct_to_input(v, self.cfg.ct_shape) for v in volumes_hu])[:, None]
 

@@ -129,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         batches = mix.batches(cfg.batch_size, rng, augment) if mix is not None else \
             _numpy_batches(train_shard, cfg.batch_size, augment, rng, config.get("shuffle_buffer"))
-        loss = train_one_epoch(model, optimizer, batches, device, ema)
+        loss = train_one_epoch(model, optimizer, batches, device, ema, cfg.bce_weight)
         scheduler.step()
         # Rank 0 validates on the whole (unsplit) val set, with the unwrapped module (DDP's forward is a collective);
         # an equal split across workers could drop up to world_size - 1 validation images.
@@ -211,7 +211,7 @@ def train_segmenter(
     from lungdr.scale.storage import filesystem_for
     from lungdr.segmentation.segmenter import Segmenter
     from lungdr.segmentation.training import best_metrics, is_pseudo, training_items, write_segmenter_bundle
-    from lungdr.segmentation.unet import UNet
+    from lungdr.segmentation.unet import build_unet
 
     cfg = cfg or SegmenterConfig()
     pre = pre or PreprocessConfig(size=cfg.size)
@@ -252,7 +252,7 @@ def train_segmenter(
         raise EmptyInputError("training produced no checkpoint (no epochs to run?)")
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, STATE), map_location="cpu", weights_only=False)
-    model = UNet(in_channels=1, base=cfg.base, batch_norm=cfg.batch_norm)
+    model = build_unet(cfg)
     model.load_state_dict(state["best_model"] or state["model"])
     seg = Segmenter(model, cfg, pre, device="cpu")
     history = state["history"]

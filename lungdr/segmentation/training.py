@@ -171,14 +171,14 @@ def make_ema(model: torch.nn.Module, cfg: SegmenterConfig) -> WeightEMA | None:
 
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
-                    device: torch.device | str = "cpu", ema: WeightEMA | None = None) -> float:
+                    device: torch.device | str = "cpu", ema: WeightEMA | None = None, bce_weight: float = 0.5) -> float:
     """One pass of Dice+BCE optimisation (updating ``ema`` after each step); returns the mean training loss."""
     model.train()
     total, n = 0.0, 0
     for batch in batches:
         x, y = _tensors(batch, torch.device(device))
         optimizer.zero_grad(set_to_none=True)
-        loss = dice_bce_loss(model(x), y)
+        loss = dice_bce_loss(model(x), y, bce_weight)
         loss.backward()
         optimizer.step()
         if ema is not None:
@@ -242,7 +242,7 @@ def fit_local(
     history, best, best_state = [], -1.0, None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, mix.batches(cfg.batch_size, rng, augment), dev, ema)
+        loss = train_one_epoch(model, optimizer, mix.batches(cfg.batch_size, rng, augment), dev, ema, cfg.bce_weight)
         scheduler.step()
         metrics = evaluate(shipped, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
         rec = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()},

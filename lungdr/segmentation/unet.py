@@ -86,11 +86,14 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float 
 
 
 def make_optimizer(model: nn.Module, cfg: SegmenterConfig) -> torch.optim.Optimizer:
-    """Adam, or SGD with the paper's high momentum (0.99) when ``cfg.optimizer == "sgd"``."""
+    """Adam (AdamW when ``cfg.weight_decay`` > 0), or SGD with the paper's high momentum (0.99) when
+    ``cfg.optimizer == "sgd"``."""
     if cfg.optimizer == "adam":
+        if cfg.weight_decay > 0:
+            return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ConfigError(f"unknown optimizer {cfg.optimizer!r} (adam | sgd)")
 
 

@@ -50,3 +50,25 @@ def test_ct_window():
     hu[:, :, 4:] = 400.0
     x = ct_to_input(hu, (4, 8, 8))
     assert np.isclose(x[:, :, :3].max(), (-1000 + 1350) / 1500, atol=1e-3) and np.isclose(x[:, :, 5:].min(), 1.0)
+
+
+class TestCNN3DAugmented(TestCNN3D):
+    """The same contract with geometric augmentation of the training volumes switched on."""
+
+    def make(self):
+        return CNN3D(CNN3DConfig(depth=3, size=48, ct_shape=(8, 24, 24), epochs=40, batch_size=4, dropout=0.2,
+                                 augment=True))  # augmented volumes take more epochs on 24 phantoms
+
+    def test_augmentation_moves_all_frames_together(self):
+        assert CNN3D(CNN3DConfig()).augment_fn() is None  # off by default
+        image, mask = make_dr_phantom(96, True, np.random.default_rng(5))
+        clf = self.make()
+        x = clf.inputs([image, image], [mask, mask])
+        same = np.repeat(x[:, :, :1], 3, axis=2)  # three identical frames per volume
+        fn = clf.augment_fn()
+        out = fn(same, np.random.default_rng(0))
+        assert out.shape == same.shape and out.dtype == np.float32
+        assert np.allclose(out[:, :, 0], out[:, :, 1]) and np.allclose(out[:, :, 1], out[:, :, 2])
+        assert not np.allclose(out, same)  # the geometry moved something
+        assert not np.allclose(out[0], out[1])  # one draw per volume, not per batch
+        assert np.array_equal(out, fn(same, np.random.default_rng(0)))  # seeded

@@ -1,5 +1,6 @@
 """U-Net shape contract, layer count, loss and optimizers."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,9 @@ def test_optimizers_and_a_few_steps_reduce_the_loss():
             first = first if first is not None else float(loss.detach())
         assert float(loss.detach()) < first, name
     assert make_optimizer(UNet(base=4), SegmenterConfig(optimizer="sgd")).defaults["momentum"] == 0.99
+    decayed = make_optimizer(UNet(base=4), SegmenterConfig(weight_decay=0.01))
+    assert isinstance(decayed, torch.optim.AdamW) and decayed.defaults["weight_decay"] == 0.01
+    assert make_optimizer(UNet(base=4), SegmenterConfig(optimizer="sgd", weight_decay=0.01)).defaults["weight_decay"] == 0.01
     with pytest.raises(ConfigError):
         make_optimizer(UNet(base=4), SegmenterConfig(optimizer="lbfgs"))
 
@@ -81,3 +85,19 @@ def test_cosine_schedule_decays_and_resumes_at_the_same_step():
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.1 * 0.02)
     with pytest.raises(ConfigError):
         make_scheduler(opt, SegmenterConfig(lr_schedule="warm"))
+
+
+@pytest.mark.parametrize("bce_weight", [0.0, 0.5, 1.0])
+def test_train_one_epoch_uses_the_configured_loss_weight(bce_weight):
+    from lungdr.segmentation.training import train_one_epoch
+
+    torch.manual_seed(0)
+    model = UNet(base=4)
+    x = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
+    y = (x > 0.5).astype(np.uint8)
+    model.train()
+    with torch.no_grad():
+        expected = float(dice_bce_loss(model(torch.as_tensor(x)[:, None]), torch.as_tensor(y, dtype=torch.float32)[:, None],
+                                       bce_weight))
+    opt = make_optimizer(model, SegmenterConfig())
+    assert train_one_epoch(model, opt, [(x, y)], bce_weight=bce_weight) == pytest.approx(expected, rel=1e-5)
