@@ -30,6 +30,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
                has_segmenter: bool, pooling: str = "logit") -> str:
     pretrained = classifiers["transfer"].metadata.get("pretrained") if "transfer" in classifiers else None
     grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
+    augmented = bool(getattr(classifiers["cnn3d"].cfg, "augment", False)) if "cnn3d" in classifiers else False
     rows = "\n".join(
         f"| {n} | {_f(m.get('accuracy'))} | {_f(m.get('auc'))} | {_f(m.get('sensitivity'))} | "
         f"{_f(m.get('specificity'))} | {m.get('n')} |" for n, m in metrics.items())
@@ -45,6 +46,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         f"- C2 `transfer`: Inception-v3, {'ImageNet-pretrained' if pretrained else 'NOT pretrained (random init)'}"
         f" ({classifiers['transfer'].metadata.get('weights_source', '?') if 'transfer' in classifiers else '-'}).",
         "- C3 `cnn3d`: the paper's 3-D CNN on scale-space pseudo-volumes of the DR image"
+        + (", trained with geometric augmentation (one draw per volume)" if augmented else "")
         + (" after pre-training on synthetic CT phantoms." if training_data.get("ct") else "."),
         f"- Lung segmenter: {'U-Net (segmenter/)' if has_segmenter else 'NONE in this bundle (masks came from the corpus)'}.",
         f"- Fusion weights (validation accuracy log-odds): {json.dumps({k: round(v, 3) for k, v in weights.items()})}",

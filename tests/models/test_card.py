@@ -1,0 +1,21 @@
+"""The classifiers' model card names what each model is and how it was trained."""
+
+import pytest
+
+from lungdr.config import CNN3DConfig, SVMConfig, TransferConfig
+from lungdr.models.card import model_card
+from lungdr.models.cnn3d import CNN3D
+from lungdr.models.svm import GaborSVM
+from lungdr.models.transfer import InceptionTransfer
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_card_names_c3_augmentation_and_c2_weights(augment):
+    classifiers = {"svm": GaborSVM(SVMConfig()), "transfer": InceptionTransfer(TransferConfig(weights="none")),
+                   "cnn3d": CNN3D(CNN3DConfig(augment=augment))}
+    metrics = {"fusion": {"accuracy": 0.9, "auc": 0.95, "coverage": 0.97, "needs_review": 1, "n": 30}}
+    card = model_card(classifiers, metrics, {"svm": 0.4, "transfer": 0.3, "cnn3d": 0.3}, {"train": 10}, ["caveat"],
+                      has_segmenter=True)
+    assert "not tuberculosis" in card and "NOT pretrained" in card and "- caveat" in card
+    c3 = next(line for line in card.splitlines() if line.startswith("- C3"))
+    assert ("geometric augmentation" in c3) is augment
