@@ -30,7 +30,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
                has_segmenter: bool, pooling: str = "logit") -> str:
     pretrained = classifiers["transfer"].metadata.get("pretrained") if "transfer" in classifiers else None
     grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
-    augmented = bool(getattr(classifiers["cnn3d"].cfg, "augment", False)) if "cnn3d" in classifiers else False
+    augmented = "cnn3d" in classifiers and classifiers["cnn3d"].cfg.augment
     rows = "\n".join(
         f"| {n} | {_f(m.get('accuracy'))} | {_f(m.get('auc'))} | {_f(m.get('sensitivity'))} | "
         f"{_f(m.get('specificity'))} | {m.get('n')} |" for n, m in metrics.items())
