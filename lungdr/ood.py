@@ -4,10 +4,10 @@ Each *space* — every classifier's embedding, ``mask_stats`` of the lung mask (
 ``image_stats`` of how the film was acquired (noise, detail, contrast) — is modelled on training data: standardise,
 project on the top principal components, fit a shrinkage covariance (Ledoit-Wolf). A sample's distance in a space
 combines its Mahalanobis distance inside the subspace with its residual off it (scaled by the validation residual),
-per dimension, divided by that space's ``quantile`` of validation distances (its ratio). The spaces are then combined into ONE decision: the score is the
-largest ratio divided by the ``quantile`` of that same largest ratio over the validation set, so the in-distribution
-false-alarm rate is ``1 - quantile`` overall, not once per space (four spaces at 0.99 each flagged ~4 %).
-``score > 1`` means out of distribution; the reason names the spaces whose ratio passed the combined threshold.
+per dimension, divided by that space's ``quantile`` of validation distances (its ratio). The spaces are then combined
+into ONE decision: the score is the largest ratio divided by the ``quantile`` of that same largest ratio over the
+validation set, so the in-distribution false-alarm rate is ``1 - quantile`` overall, not once per space (four spaces
+at 0.99 each flagged ~4 %). ``score > 1`` means out of distribution; the reason names the spaces whose ratio passed the combined threshold.
 Saved as ``ood.json`` + ``ood.npz``.
 """
 
