@@ -7,8 +7,8 @@ combines its Mahalanobis distance inside the subspace with its residual off it (
 per dimension, divided by that space's ``quantile`` of validation distances (its ratio). The spaces are then combined
 into ONE decision: the score is the largest ratio divided by the ``quantile`` of that same largest ratio over the
 validation set, so the in-distribution false-alarm rate is ``1 - quantile`` overall, not once per space (four spaces
-at 0.99 each flagged ~4 %). ``score > 1`` means out of distribution; the reason names the spaces whose ratio passed the combined threshold.
-Saved as ``ood.json`` + ``ood.npz``.
+at 0.99 each flagged ~4 %). ``score > 1`` means out of distribution; the reason names the spaces whose ratio passed
+the combined threshold. Saved as ``ood.json`` + ``ood.npz``.
 """
 
 from __future__ import annotations
