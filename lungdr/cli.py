@@ -18,6 +18,7 @@ COMMANDS = (
     "ingest",
     "demo",
     "autolabel",
+    "pretrain_segmenter",
     "train_segmenter",
     "segment",
     "eval_segmentation",

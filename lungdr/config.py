@@ -1,7 +1,7 @@
 """Every stage's settings as frozen dataclasses, one place for defaults, YAML in and out.
 
 ``load_config(path)`` reads a YAML file whose top-level keys are the fields of ``LungdrConfig``
-(``preprocess``, ``augment``, ``segmenter``, ``svm``, ``transfer``, ``cnn3d``, ``fusion``, ``score``,
+(``preprocess``, ``augment``, ``segmenter``, ``pretrain``, ``svm``, ``transfer``, ``cnn3d``, ``fusion``, ``score``,
 ``serve``); any key left out keeps its default, an unknown key is an error.
 """
 
@@ -64,6 +64,20 @@ class SegmenterConfig:
     tta_scales: tuple[float, ...] = ()  # test-time zooms averaged with the plain pass (e.g. (0.9, 1.1)); () = off
     weight_decay: float = 0.0  # decoupled weight decay (AdamW / SGD) when > 0
     bce_weight: float = 0.5  # loss = bce_weight * BCE + (1 - bce_weight) * (1 - soft Dice)
+    init_weights: str = ""  # pre-trained U-Net weights (`lungdr pretrain-segmenter` output, folder or s3://); "" = random
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Self-supervised U-Net pre-training on unlabelled films (``lungdr.segmentation.pretrain``)."""
+
+    epochs: int = 4
+    batch_size: int = 8
+    lr: float = 1e-3
+    p_intensity: float = 0.9  # random monotone intensity curve (inverted half of the time)
+    p_shuffle: float = 0.5  # pixels shuffled inside small random windows
+    p_paint: float = 0.9  # boxes painted over with noise: inside (in-painting) or, half of the time, outside them
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +203,7 @@ class LungdrConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     svm: SVMConfig = field(default_factory=SVMConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     cnn3d: CNN3DConfig = field(default_factory=CNN3DConfig)

@@ -18,13 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
     p.add_argument("--ema-decay", type=float, default=None, help="ship an EMA of the weights (e.g. 0.995; 0 = off)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="one GPU per worker")
-    p.add_argument("--no-gpu", dest="use_gpu", action="store_false")
-    p.add_argument("--storage", default=None, help="Ray Train storage (folder or s3://) for checkpoints")
-    p.add_argument("--name", default="lungdr-segmenter", help="run name (resume finds the latest run of this name)")
-    p.add_argument("--resume", action="store_true", help="continue the latest run of --name from its last checkpoint")
+    p.add_argument("--init-weights", default=None,
+                   help="start from `lungdr pretrain-segmenter` output (folder or s3://) instead of random weights")
+    add_ray_train_flags(p, "lungdr-segmenter")
     p.add_argument("--resume-from", default=None, help="start from this checkpoint directory (folder or s3://)")
     p.add_argument("--pseudo-labels", default=None,
                    help="folder/s3:// of pseudo-masks from `lungdr autolabel` (GrabCut ones are made there from this "
@@ -33,6 +29,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local", action="store_true", help="train in this process without Ray (one CPU/GPU)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=run)
+
+
+def add_ray_train_flags(p: argparse.ArgumentParser, name: str) -> None:
+    """Workers, resources, checkpoint storage and resume: the flags every Ray Train command shares."""
+    p.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--gpu", dest="use_gpu", action="store_true", default=None, help="one GPU per worker")
+    p.add_argument("--no-gpu", dest="use_gpu", action="store_false")
+    p.add_argument("--storage", default=None, help="Ray Train storage (folder or s3://) for checkpoints")
+    p.add_argument("--name", default=name, help="run name (resume finds the latest run of this name)")
+    p.add_argument("--resume", action="store_true", help="continue the latest run of --name from its last checkpoint")
 
 
 def settings(args: argparse.Namespace):
@@ -45,7 +52,7 @@ def settings(args: argparse.Namespace):
     conf = load_config(args.config)
     cfg = with_overrides(conf.segmenter, size=args.size, epochs=args.epochs, base=args.base,
                          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                         ema_decay=args.ema_decay)
+                         ema_decay=args.ema_decay, init_weights=args.init_weights)
     pre = replace(conf.preprocess, size=cfg.size)
     return cfg, pre, None if args.no_augment else conf.augment
 

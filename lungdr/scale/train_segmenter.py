@@ -33,8 +33,9 @@ DEFAULT_NAME = "lungdr-segmenter"
 
 # ---------------------------------------------------------------- worker side
 
-def _load_state(config: dict) -> dict | None:
-    """Training state from Ray's restored checkpoint, else from ``config["resume_from"]`` (path or s3:// URI)."""
+def load_checkpoint_state(config: dict, filename: str = STATE) -> dict | None:
+    """Training state (``filename`` in the checkpoint) from Ray's restored checkpoint, else from
+    ``config["resume_from"]`` (path or s3:// URI); None for a fresh start."""
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and config.get("resume_from"):
         from lungdr.scale.storage import filesystem_for
@@ -44,7 +45,18 @@ def _load_state(config: dict) -> dict | None:
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        return torch.load(os.path.join(d, STATE), map_location="cpu", weights_only=False)
+        return torch.load(os.path.join(d, filename), map_location="cpu", weights_only=False)
+
+
+def fit_for_state(trainer, filename: str):
+    """Run a trainer; ``(result, the training state saved as filename in its last checkpoint)``."""
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise EmptyInputError("training produced no checkpoint (no epochs to run?)")
+    with result.checkpoint.as_directory() as d:
+        return result, torch.load(os.path.join(d, filename), map_location="cpu", weights_only=False)
 
 
 def _gather_metrics(metrics: dict) -> dict:
@@ -84,6 +96,20 @@ def _shard_arrays(shard, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(masks)
 
 
+def _start_weights(cfg: SegmenterConfig) -> dict | None:
+    """The pre-trained start (``cfg.init_weights``), read and checked once on the driver and handed to every worker
+    with the loop config, so workers need no access to where the weights are kept; None = random start."""
+    if not cfg.init_weights:
+        return None
+    from lungdr.segmentation.pretrain import init_unet
+    from lungdr.segmentation.unet import build_unet
+
+    torch.manual_seed(cfg.seed)
+    model = build_unet(cfg)
+    init_unet(model, cfg)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train worker: DDP U-Net training on the ``train`` shard, validation on the ``val`` shard."""
     from ray.train.torch import get_device, prepare_model
@@ -97,8 +123,10 @@ def train_loop_per_worker(config: dict) -> None:
     rank = ctx.get_world_rank()
     torch.manual_seed(cfg.seed)  # same initial weights on every worker (DDP also broadcasts them)
     model = build_unet(cfg)
+    if config.get("init_state") is not None:  # pre-trained start (a restored checkpoint overrides it below)
+        model.load_state_dict(config["init_state"])
     ema = make_ema(model, cfg)
-    state = _load_state(config)
+    state = load_checkpoint_state(config)
     start_epoch, best, history, best_model = 0, -1.0, [], None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -209,6 +237,7 @@ def train_segmenter(
     from ray.train.torch import TorchTrainer
 
     from lungdr.scale.storage import filesystem_for
+    from lungdr.segmentation.pretrain import describe_pretrained
     from lungdr.segmentation.segmenter import Segmenter
     from lungdr.segmentation.training import best_metrics, is_pseudo, training_items, write_segmenter_bundle
     from lungdr.segmentation.unet import build_unet
@@ -222,6 +251,7 @@ def train_segmenter(
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     train_items, val_items, desc = training_items(data, cfg, pseudo_labels)
+    desc.update(describe_pretrained(cfg))
     datasets, split = {"val": _mask_rows(data, val_items, pre)}, ["train"]
     pseudo = [i for i in train_items if is_pseudo(i)] if cfg.pseudo_per_epoch > 0 else []
     if pseudo:  # a dataset of their own, drawn from afresh every epoch
@@ -238,20 +268,14 @@ def train_segmenter(
         train_loop_per_worker,
         train_loop_config={"segmenter": to_dict(cfg), "augment": to_dict(augment) if augment else None, "attempt": attempt,
                            "resume_from": resume_from, "shuffle_buffer": max(8 * cfg.batch_size, 256),
-                           "pseudo_dataset": bool(pseudo)},
+                           "pseudo_dataset": bool(pseudo), "init_state": _start_weights(cfg)},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run, storage_path=path, storage_filesystem=fs,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=split),
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    if result.checkpoint is None:
-        raise EmptyInputError("training produced no checkpoint (no epochs to run?)")
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, STATE), map_location="cpu", weights_only=False)
+    result, state = fit_for_state(trainer, STATE)
     model = build_unet(cfg)
     model.load_state_dict(state["best_model"] or state["model"])
     seg = Segmenter(model, cfg, pre, device="cpu")

@@ -227,11 +227,13 @@ def fit_local(
     """Single-process training loop; returns ``(Segmenter with the best-validation weights, history)``. ``pseudo``
     (pseudo-masked images) joins each epoch as ``cfg.pseudo_per_epoch`` fresh draws (all when 0)."""
     from lungdr.augment import PairedAugment
+    from lungdr.segmentation.pretrain import init_unet
     from lungdr.segmentation.segmenter import Segmenter
     from lungdr.segmentation.unet import make_optimizer, make_scheduler
 
     seg = Segmenter(cfg=cfg, preprocess=pre or PreprocessConfig(size=cfg.size), device=device, seed=cfg.seed)
     model, dev = seg.model, seg.device
+    init_unet(model, cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     augment = PairedAugment(augment_cfg) if augment_cfg is not None else None
@@ -273,11 +275,14 @@ def train_local(data: str, out: str, cfg: SegmenterConfig, pre: PreprocessConfig
                 augment_cfg: AugmentConfig | None = AugmentConfig(), pseudo_labels: str | None = None,
                 device: str | None = None, log: Callable[[dict], None] | None = None) -> dict:
     """Single-process training on ``data`` (no Ray) that writes the same bundle as the Ray Train path."""
+    from lungdr.segmentation.pretrain import describe_pretrained
+
     pre = pre or PreprocessConfig(size=cfg.size)
     train, val, desc = training_items(data, cfg, pseudo_labels)
     human = [i for i in train if not is_pseudo(i)]
     tr, va, ps = load_arrays(human, pre), load_arrays(val, pre), load_arrays([i for i in train if is_pseudo(i)], pre)
     desc["unreadable"] = len(tr[2]) + len(va[2]) + len(ps[2])
+    desc.update(describe_pretrained(cfg))
     if cfg.pseudo_per_epoch and len(ps[0]):
         desc["pseudo_masks_per_epoch"] = min(cfg.pseudo_per_epoch, len(ps[0]))
     seg, history = fit_local(tr[:2], va[:2], cfg, pre, augment_cfg, device, log, pseudo=ps[:2])
