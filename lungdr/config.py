@@ -67,6 +67,9 @@ class SegmenterConfig:
     init_weights: str = ""  # pre-trained U-Net weights (`lungdr pretrain-segmenter` output, folder or s3://); "" = random
 
 
+PAINT_FILLS = ("noise", "blur")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Self-supervised U-Net pre-training on unlabelled films (``lungdr.segmentation.pretrain``)."""
@@ -76,8 +79,13 @@ class PretrainConfig:
     lr: float = 1e-3
     p_intensity: float = 0.9  # random monotone intensity curve (inverted half of the time)
     p_shuffle: float = 0.5  # pixels shuffled inside small random windows
-    p_paint: float = 0.9  # boxes painted over with noise: inside (in-painting) or, half of the time, outside them
+    p_paint: float = 0.9  # boxes painted over: inside (in-painting) or, half of the time, outside them
+    paint_fill: str = "noise"  # what paints them: "noise" (uniform, as Models Genesis) | "blur" (a heavy blur of the film)
     seed: int = 0
+
+    def __post_init__(self):
+        if self.paint_fill not in PAINT_FILLS:
+            raise ConfigError(f"pretrain.paint_fill must be one of {PAINT_FILLS}, got {self.paint_fill!r}")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 Models Genesis).
 
 Each film is corrupted (a random monotone intensity curve, pixels shuffled inside small windows, boxes painted over
-with noise: in-painting, or everything but a few boxes: out-painting) and the U-Net learns to restore the original.
-Restoring a film takes the anatomy a lung mask takes (diaphragm, heart, rib cage), and an archive holds millions of
+with noise or a heavy blur: in-painting, or everything but a few boxes: out-painting) and the U-Net learns to
+restore the original. Restoring a film takes the anatomy a lung mask takes (diaphragm, heart, rib cage), and an archive holds millions of
 unmasked films against a few hundred masks. The weights then start ``train-segmenter`` (``segmenter.init_weights``);
 the 1x1 head is not carried over (it restored intensities, not masks).
 
@@ -20,6 +20,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Iterable
 
+import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -64,13 +65,19 @@ def _box(h: int, w: int, rng: np.random.Generator, lo: float, hi: float) -> tupl
     return slice(y0, y0 + bh), slice(x0, x0 + bw)
 
 
-def paint(x: np.ndarray, rng: np.random.Generator, outer: bool = False) -> np.ndarray:
-    """In-painting task: 1-4 boxes (1/8 to 1/3 of the side) replaced by uniform noise. ``outer``: out-painting,
-    everything replaced by noise except 1-3 boxes (1/3 to 2/3 of the side)."""
+def paint(x: np.ndarray, rng: np.random.Generator, outer: bool = False, fill: str = "noise") -> np.ndarray:
+    """In-painting task: 1-4 boxes (1/8 to 1/3 of the side) painted over. ``outer``: out-painting, everything painted
+    over except 1-3 boxes (1/3 to 2/3 of the side). ``fill``: uniform ``"noise"``, or ``"blur"``, the film under a
+    Gaussian of a tenth of its side (structure gone, brightness kept)."""
     h, w = x.shape
-    noise = rng.random(x.shape, dtype=np.float32)
+    if fill == "noise":
+        paint_with = rng.random(x.shape, dtype=np.float32)
+    elif fill == "blur":
+        paint_with = cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigmaX=max(1.0, 0.1 * min(h, w)))
+    else:
+        raise ConfigError(f"unknown paint fill {fill!r} (noise | blur)")
     if outer:
-        out = noise
+        out = paint_with
         for _ in range(rng.integers(1, 4)):
             ys, xs = _box(h, w, rng, 1 / 3, 2 / 3)
             out[ys, xs] = x[ys, xs]
@@ -78,7 +85,7 @@ def paint(x: np.ndarray, rng: np.random.Generator, outer: bool = False) -> np.nd
     out = x.copy()
     for _ in range(rng.integers(1, 5)):
         ys, xs = _box(h, w, rng, 1 / 8, 1 / 3)
-        out[ys, xs] = noise[ys, xs]
+        out[ys, xs] = paint_with[ys, xs]
     return out
 
 
@@ -90,7 +97,7 @@ def corrupt(x: np.ndarray, rng: np.random.Generator, cfg: PretrainConfig = Pretr
     if rng.random() < cfg.p_shuffle:
         out = shuffle_windows(out, rng)
     if rng.random() < cfg.p_paint:
-        out = paint(out, rng, outer=rng.random() < 0.5)
+        out = paint(out, rng, outer=rng.random() < 0.5, fill=cfg.paint_fill)
     return out.astype(np.float32)
 
 

@@ -59,6 +59,19 @@ def test_in_painting_touches_boxes_only_and_out_painting_keeps_boxes():
     assert 1 / 9 * 0.9 < kept.mean() < 1.0 and (outer[~kept] != 0.5).all()
 
 
+def test_blur_fill_keeps_brightness_and_removes_structure():
+    x = np.zeros((64, 64), np.float32)
+    x[:, ::2] = 1.0  # stripes: structure with a mean of 0.5
+    out = paint(x, np.random.default_rng(4), outer=True, fill="blur")
+    painted = out != x
+    assert painted.mean() > 0.3
+    assert np.abs(out[painted] - 0.5).max() < 0.1, "the blurred fill is the local mean, not noise"
+    with pytest.raises(ConfigError):
+        paint(x, np.random.default_rng(4), fill="paint")
+    with pytest.raises(ConfigError):
+        PretrainConfig(paint_fill="zeros")
+
+
 def test_corrupt_is_seeded_in_range_and_can_be_switched_off():
     x = _films(1, 64)[0]
     a, b = corrupt(x, np.random.default_rng(5)), corrupt(x, np.random.default_rng(5))
