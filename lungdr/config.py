@@ -64,7 +64,7 @@ class SegmenterConfig:
     tta_scales: tuple[float, ...] = ()  # test-time zooms averaged with the plain pass (e.g. (0.9, 1.1)); () = off
     weight_decay: float = 0.0  # decoupled weight decay (AdamW / SGD) when > 0
     bce_weight: float = 0.5  # loss = bce_weight * BCE + (1 - bce_weight) * (1 - soft Dice)
-    init_weights: str = ""  # pre-trained U-Net weights (`lungdr pretrain-segmenter` output, folder or s3://); "" = random
+    init_weights: str = ""  # `lungdr pretrain-segmenter` output to start from (folder or s3://); "" = random weights
 
 
 PAINT_FILLS = ("noise", "blur")
@@ -80,7 +80,7 @@ class PretrainConfig:
     p_intensity: float = 0.9  # random monotone intensity curve (inverted half of the time)
     p_shuffle: float = 0.5  # pixels shuffled inside small random windows
     p_paint: float = 0.9  # boxes painted over: inside (in-painting) or, half of the time, outside them
-    paint_fill: str = "noise"  # what paints them: "noise" (uniform, as Models Genesis) | "blur" (a heavy blur of the film)
+    paint_fill: str = "noise"  # "noise" (uniform, as Models Genesis) | "blur" (a heavy blur of the film)
     seed: int = 0
 
     def __post_init__(self):

@@ -151,12 +151,12 @@ def pretrain_segmenter(sources: list[str], out: str, seg_cfg: SegmenterConfig | 
     rows, readable = _archive_rows(items, pre)
     if readable == 0:
         raise EmptyInputError(f"none of the {len(items)} images could be read")
+    resources = {"GPU": 1} if use_gpu else {"CPU": cpus_per_worker}
     trainer = TorchTrainer(
         pretrain_loop_per_worker,
         train_loop_config={"segmenter": to_dict(seg_cfg), "pretrain": to_dict(cfg), "optimizer": to_dict(opt_cfg),
                            "attempt": attempt, "shuffle_buffer": max(8 * cfg.batch_size, 256)},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker={"GPU": 1} if use_gpu else {"CPU": cpus_per_worker}),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(name=run, storage_path=path, storage_filesystem=fs,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
         datasets={"train": rows},

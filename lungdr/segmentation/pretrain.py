@@ -3,9 +3,9 @@ Models Genesis).
 
 Each film is corrupted (a random monotone intensity curve, pixels shuffled inside small windows, boxes painted over
 with noise or a heavy blur: in-painting, or everything but a few boxes: out-painting) and the U-Net learns to
-restore the original. Restoring a film takes the anatomy a lung mask takes (diaphragm, heart, rib cage), and an archive holds millions of
-unmasked films against a few hundred masks. The weights then start ``train-segmenter`` (``segmenter.init_weights``);
-the 1x1 head is not carried over (it restored intensities, not masks).
+restore the original. Restoring a film takes the anatomy a lung mask takes (diaphragm, heart, rib cage), and an
+archive holds millions of unmasked films against a few hundred masks. The weights then start ``train-segmenter``
+(``segmenter.init_weights``); the 1x1 head is not carried over (it restored intensities, not masks).
 
 Output (folder or s3:// prefix): ``pretrained.pt`` (state dict) + ``pretrain.json`` (architecture, settings, data,
 loss per epoch, SHA-256 of the weights, checked on load).

@@ -174,8 +174,8 @@ def test_pretrain_then_train_segmenter_from_it(tmp_path):
     conf.write_text("segmenter: {size: 32, base: 4, epochs: 1, batch_size: 4, val_fraction: 0.25}\n"
                     "pretrain: {epochs: 1, batch_size: 4}\n")
     pre_out = tmp_path / "pre"
-    assert main(["pretrain-segmenter", "--local", "--data", str(corpus), "--holdout", str(corpus), "--config", str(conf),
-                 "--out", str(pre_out)]) == 0
+    assert main(["pretrain-segmenter", "--local", "--data", str(corpus), "--holdout", str(corpus),
+                 "--config", str(conf), "--out", str(pre_out)]) == 0
     meta = json.loads((pre_out / "pretrain.json").read_text())
     assert meta["data"]["images"] == 6 and meta["data"]["excluded_patients"] == 2 and len(meta["history"]) == 1
     assert main(["train-segmenter", "--local", "--data", str(corpus), "--config", str(conf),
