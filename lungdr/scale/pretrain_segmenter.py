@@ -39,12 +39,11 @@ def _sum_over_workers(*values: float) -> list[float]:
 
 
 def _shard_batches(shard, cfg: PretrainConfig, rng: np.random.Generator, shuffle_buffer: int):
-    from lungdr.segmentation.pretrain import corrupt
+    from lungdr.segmentation.pretrain import restoration_pair
 
     for b in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
                                 local_shuffle_buffer_size=shuffle_buffer):
-        originals = b["image"].astype(np.float32)
-        yield np.stack([corrupt(im, rng, cfg) for im in originals]), originals
+        yield restoration_pair(b["image"], rng, cfg)
 
 
 def pretrain_loop_per_worker(config: dict) -> None:
@@ -77,11 +76,10 @@ def pretrain_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        counted = []  # (loss, n) of this worker, for the mean over all workers
         batches = _shard_batches(shard, cfg, np.random.default_rng([cfg.seed, epoch, rank]), config["shuffle_buffer"])
-        loss = pretrain_one_epoch(model, optimizer, _count(batches, counted), device)
+        loss, seen = pretrain_one_epoch(model, optimizer, batches, device)
         scheduler.step()
-        total, n = _sum_over_workers(loss * sum(counted), sum(counted))
+        total, n = _sum_over_workers(loss * seen, seen)  # the mean over all workers' images
         metrics = {"epoch": epoch, "attempt": config["attempt"], "loss": total / max(n, 1), "images": int(n),
                    "seconds": round(time.perf_counter() - t0, 2)}
         history.append(metrics)
@@ -93,12 +91,6 @@ def pretrain_loop_per_worker(config: dict) -> None:
                             "epoch": epoch, "history": history}, os.path.join(tmp, STATE))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _count(batches, counted: list):
-    for corrupted, original in batches:
-        counted.append(len(original))
-        yield corrupted, original
 
 
 def _archive_rows(items: list, pre: PreprocessConfig):
@@ -123,13 +115,11 @@ def pretrain_segmenter(sources: list[str], out: str, seg_cfg: SegmenterConfig | 
                        resume: bool = False) -> dict:
     """Pre-train on ``sources`` with Ray Train and write the weights to ``out``. Returns ``{"out", "data", "history",
     "run", "checkpoint", "epochs_run"}``."""
-    from dataclasses import replace
-
     from ray.train.torch import TorchTrainer
 
     from lungdr.scale.storage import filesystem_for
     from lungdr.scale.train_segmenter import fit_for_state, latest_run
-    from lungdr.segmentation.pretrain import pretrain_items, save_pretrained
+    from lungdr.segmentation.pretrain import optimizer_config, pretrain_items, save_pretrained
     from lungdr.segmentation.unet import build_unet
 
     seg_cfg, cfg = seg_cfg or SegmenterConfig(), cfg or PretrainConfig()
@@ -143,7 +133,7 @@ def pretrain_segmenter(sources: list[str], out: str, seg_cfg: SegmenterConfig | 
     items, desc = pretrain_items(sources, holdout, seg_cfg)
     if not items:
         raise EmptyInputError(f"no images found in {', '.join(sources)}")
-    opt_cfg = replace(seg_cfg, optimizer="adam", lr=cfg.lr, weight_decay=0.0, epochs=cfg.epochs, lr_schedule="cosine")
+    opt_cfg = optimizer_config(seg_cfg, cfg)
     run = latest_run(storage, name) if resume else None
     run = run or f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
     path, fs = filesystem_for(storage) if storage else (None, None)

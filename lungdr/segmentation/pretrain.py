@@ -108,18 +108,29 @@ def restoration_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.mse_loss(torch.sigmoid(logits), target)
 
 
+def restoration_pair(originals: np.ndarray, rng: np.random.Generator,
+                     cfg: PretrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(corrupted, original)`` for a batch of images (the local loop and each Ray Train worker)."""
+    originals = np.asarray(originals, np.float32)
+    return np.stack([corrupt(im, rng, cfg) for im in originals]), originals
+
+
 def restoration_batches(images: np.ndarray, batch_size: int, rng: np.random.Generator,
                         cfg: PretrainConfig) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """Shuffled ``(corrupted, original)`` mini-batches over in-memory images."""
     order = rng.permutation(len(images))
     for start in range(0, len(order), batch_size):
-        originals = images[order[start : start + batch_size]].astype(np.float32)
-        yield np.stack([corrupt(im, rng, cfg) for im in originals]), originals
+        yield restoration_pair(images[order[start : start + batch_size]], rng, cfg)
+
+
+def optimizer_config(seg_cfg: SegmenterConfig, cfg: PretrainConfig) -> SegmenterConfig:
+    """The U-Net settings with pre-training's optimiser: Adam at ``cfg.lr``, cosine over ``cfg.epochs``."""
+    return replace(seg_cfg, optimizer="adam", lr=cfg.lr, weight_decay=0.0, epochs=cfg.epochs, lr_schedule="cosine")
 
 
 def pretrain_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable,
-                       device: torch.device | str = "cpu") -> float:
-    """One pass of restoration training; returns the mean loss."""
+                       device: torch.device | str = "cpu") -> tuple[float, int]:
+    """One pass of restoration training; returns ``(mean loss, images seen)``."""
     model.train()
     total, n = 0.0, 0
     for corrupted, original in batches:
@@ -131,7 +142,7 @@ def pretrain_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         optimizer.step()
         total += float(loss.detach()) * len(x)
         n += len(x)
-    return total / max(n, 1)
+    return total / max(n, 1), n
 
 
 def pretrain(images: np.ndarray, seg_cfg: SegmenterConfig, cfg: PretrainConfig, device: str | None = None,
@@ -147,13 +158,13 @@ def pretrain(images: np.ndarray, seg_cfg: SegmenterConfig, cfg: PretrainConfig, 
     torch.manual_seed(cfg.seed)
     dev = pick_device(device)
     model = build_unet(seg_cfg).to(dev)
-    opt_cfg = replace(seg_cfg, optimizer="adam", lr=cfg.lr, weight_decay=0.0, epochs=cfg.epochs, lr_schedule="cosine")
+    opt_cfg = optimizer_config(seg_cfg, cfg)
     optimizer, rng = make_optimizer(model, opt_cfg), np.random.default_rng(cfg.seed)
     scheduler = make_scheduler(optimizer, opt_cfg)
     history = []
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loss = pretrain_one_epoch(model, optimizer, restoration_batches(images, cfg.batch_size, rng, cfg), dev)
+        loss, _ = pretrain_one_epoch(model, optimizer, restoration_batches(images, cfg.batch_size, rng, cfg), dev)
         scheduler.step()
         history.append({"epoch": epoch, "loss": loss, "seconds": round(time.perf_counter() - t0, 2)})
         if log:
@@ -259,7 +270,7 @@ def pretrain_corpus(sources: list[str], out: str, seg_cfg: SegmenterConfig, pre:
     items, desc = pretrain_items(sources, holdout, seg_cfg)
     if not items:
         raise EmptyInputError(f"no images found in {', '.join(sources)}")
-    images, _, errors = load_arrays(items, pre)
+    images, _, errors = load_arrays(items, pre, with_masks=False)
     desc.update(images=len(images), unreadable=len(errors))
     model, history = pretrain(images, seg_cfg, cfg, device, log)
     save_pretrained(out, model, seg_cfg, pre, cfg, desc, history)

@@ -62,12 +62,14 @@ def is_pseudo(item) -> bool:
     return isinstance(item, dict) and bool(item.get("pseudo"))
 
 
-def load_arrays(items: Iterable, pre: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read, decode and letterbox images and masks (``rows.Ingest``); returns ``(images, masks, errors)`` where
-    unreadable items are left out and reported in ``errors`` as ``"<id>: <reason>"``."""
+def load_arrays(items: Iterable, pre: PreprocessConfig,
+                with_masks: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read, decode and letterbox images and masks (``rows.Ingest``; zeros without ``with_masks``); returns
+    ``(images, masks, errors)`` where unreadable items are left out and reported in ``errors`` as
+    ``"<id>: <reason>"``."""
     from lungdr.rows import Ingest, item_row
 
-    ingest = Ingest(pre, masks=True)
+    ingest = Ingest(pre, masks=with_masks)
     images, masks, errors = [], [], []
     for item in items:
         row = ingest(item_row(item))
