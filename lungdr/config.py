@@ -88,6 +88,14 @@ class PretrainConfig:
             raise ConfigError(f"pretrain.paint_fill must be one of {PAINT_FILLS}, got {self.paint_fill!r}")
 
 
+VIEWS = ("letterbox", "square")  # what a classifier sees of the film (lungdr/transforms.py: classifier_view)
+
+
+def check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise ConfigError(f"view must be one of {VIEWS}, got {view!r}")
+
+
 @dataclass(frozen=True)
 class SVMConfig:
     orientations: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)
@@ -100,9 +108,11 @@ class SVMConfig:
     gamma: tuple[str | float, ...] = ("scale",)
     pca: tuple[float, ...] = (0.95,)  # fraction of variance (float < 1) or component count
     cv_folds: int = 10
+    view: str = "letterbox"  # "square": the film stretched to fill the square, letterbox bars dropped
     seed: int = 0
 
     def __post_init__(self):
+        check_view(self.view)
         if self.context_grid < 0 or self.context_grid * 4 > self.feature_size:
             raise ConfigError(f"svm.context_grid must be 0 or a grid of cells of at least 4 px on the "
                               f"{self.feature_size} px feature image, got {self.context_grid}")
@@ -110,6 +120,7 @@ class SVMConfig:
 
 LR_SCHEDULES = ("constant", "cosine")
 POOLINGS = ("logit", "mean")
+OOD_STATISTICS = ("mask", "image", "framing")  # model-free OOD spaces (lungdr/ood.py), in the order they were added
 TOPOLOGIES = ("composed", "single")
 
 
@@ -129,10 +140,12 @@ class TransferConfig:
     batch_size: int = 16
     epochs: int = 5
     augment: bool = True
+    view: str = "letterbox"  # "square": the film stretched to fill the square, letterbox bars dropped
     seed: int = 0
 
     def __post_init__(self):
         check_lr_schedule(self.lr_schedule)
+        check_view(self.view)
 
 
 @dataclass(frozen=True)
@@ -146,10 +159,12 @@ class CNN3DConfig:
     batch_size: int = 16
     epochs: int = 10
     augment: bool = False  # geometric augmentation of the training volumes (one draw for all frames of a volume)
+    view: str = "letterbox"  # "square": the film stretched to fill the square, letterbox bars dropped
     seed: int = 0
 
     def __post_init__(self):
         check_lr_schedule(self.lr_schedule)
+        check_view(self.view)
 
 
 @dataclass(frozen=True)
@@ -158,11 +173,16 @@ class FusionConfig:
     review_rate: float = 0.0  # > 0: training sets margin_threshold to this quantile of the validation margins
     tta_rounds: int = 4
     ood_quantile: float = 0.99  # validation quantile used as the OOD distance threshold
+    # model-free OOD spaces beside the classifiers' embeddings (lungdr/ood.py): lung-mask shape, acquisition, framing
+    ood_statistics: tuple[str, ...] = OOD_STATISTICS
     pooling: str = "logit"  # fused p_abnormal: "logit" = weighted mean log-odds, "mean" = weighted mean probability
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ConfigError(f"fusion.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        unknown = sorted(set(self.ood_statistics) - set(OOD_STATISTICS))
+        if unknown:
+            raise ConfigError(f"fusion.ood_statistics: unknown spaces {unknown} (known: {', '.join(OOD_STATISTICS)})")
 
 
 @dataclass(frozen=True)

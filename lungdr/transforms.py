@@ -193,6 +193,46 @@ def unletterbox_mask(prob: np.ndarray, info: LetterboxInfo, threshold: float = 0
     return (up >= threshold).astype(np.uint8)
 
 
+def content_box(image: np.ndarray) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` (end-exclusive) of the film inside a preprocessed, letterboxed image: the bars stay
+    exactly 0 through ``Preprocess``, so the film is the bounding box of the non-zero pixels (an all-black border
+    row of the film itself counts as bar, which is what it shows). The whole image when it is all zero."""
+    x = _check_2d(np.asarray(image))
+    rows, cols = np.flatnonzero((x > 0).any(axis=1)), np.flatnonzero((x > 0).any(axis=0))
+    if rows.size == 0:
+        return 0, x.shape[0], 0, x.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def fill_square(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A letterboxed image and its mask with the bars cut off and the film stretched back to the full square
+    (image: area / linear, mask: nearest). A film that already fills the square comes back unchanged.
+
+    Why: most of kermany_cls is stored squashed to 224 x 224, the rest at its own aspect (letterboxed, with bars),
+    and the two storage forms are not spread evenly over the classes; a classifier that sees the bars can learn
+    the storage form, and a hospital's films (all at their own aspect) would look like the minority form. Seeing
+    every film squared makes the storage form invisible (classifier configs: ``view: square``)."""
+    image, mask = _check_2d(image), _check_2d(mask, "mask")
+    if mask.shape != image.shape:
+        raise ConfigError(f"mask shape {mask.shape} != image shape {image.shape}")
+    y0, y1, x0, x1 = content_box(image)
+    if (y0, y1, x0, x1) == (0, image.shape[0], 0, image.shape[1]):
+        return image, mask
+    return (resize(image[y0:y1, x0:x1], image.shape, "area"),
+            resize(mask[y0:y1, x0:x1], image.shape, "nearest"))
+
+
+def classifier_view(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                    view: str = "letterbox") -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What a classifier sees of preprocessed images and masks: as they are (``letterbox``) or ``fill_square``d."""
+    if view == "letterbox":
+        return list(images), list(masks)
+    if view != "square":
+        raise ConfigError(f"view must be letterbox or square, got {view!r}")
+    pairs = [fill_square(i, m) for i, m in zip(images, masks)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 # ---------------------------------------------------------------- callable classes
 
 class ToGray:

@@ -43,3 +43,16 @@ def test_svm_context_grid_must_fit_the_feature_image():
         SVMConfig(feature_size=32, context_grid=9)
     with pytest.raises(ConfigError, match="context_grid"):
         SVMConfig(context_grid=-1)
+
+
+def test_classifier_view_and_ood_statistics_are_checked_when_read(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("svm:\n  view: square\ncnn3d:\n  view: square\nfusion:\n  ood_statistics: [mask, framing]\n")
+    cfg = load_config(path)
+    assert (cfg.svm.view, cfg.transfer.view, cfg.cnn3d.view) == ("square", "letterbox", "square")
+    assert cfg.fusion.ood_statistics == ("mask", "framing")
+    for text, key in (("transfer:\n  view: stretched\n", "view"), ("fusion:\n  ood_statistics: [mask, age]\n",
+                                                                   "ood_statistics")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=key):
+            load_config(path)

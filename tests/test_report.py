@@ -15,6 +15,7 @@ from lungdr.models.card import finish_bundle
 from lungdr.models.cnn3d import CNN3D
 from lungdr.models.svm import GaborSVM
 from lungdr.models.transfer import InceptionTransfer
+from lungdr.predictor import Predictor
 from lungdr.report import confusion_svg, render, roc_svg
 from lungdr.synthetic import make_dr_phantom, write_dr_corpus
 
@@ -68,6 +69,19 @@ def test_full_bundle_layout(bundle):
     card = (root / "full" / "MODEL_CARD.md").read_text()
     assert "whole-image texture on a 6 x 6 grid" in card  # C1's context features (SVMConfig default) named
     assert "weighted mean of the calibrated log-odds" in card  # the fusion's pooling (FusionConfig default)
+
+
+def test_the_guard_watches_the_configured_statistic_spaces(models, tmp_path):
+    """``fusion.ood_statistics`` picks the model-free spaces; the predictor then computes only those."""
+    root, classifiers, train = models
+    cfg = LungdrConfig(preprocess=PreprocessConfig(size=SIZE),
+                       fusion=FusionConfig(ood_quantile=0.95, ood_statistics=("mask",)))
+    finish_bundle(str(tmp_path / "b"), classifiers, train, arrays(10, 2), cfg, {"corpus": "phantoms"},
+                  segmenter=str(root / "seg"))
+    predictor = Predictor.from_bundle(str(tmp_path / "b"))
+    assert set(predictor.guard.spaces) == {"svm", "transfer", "cnn3d", "mask"}
+    image, _ = make_dr_phantom(SIZE, False, 5)
+    assert predictor.predict_images([image])[0]["ood_score"] is not None
 
 
 def test_evaluate_writes_metrics_predictions_and_report(bundle, tmp_path):

@@ -11,8 +11,8 @@ import pytest
 from lungdr.config import PreprocessConfig
 from lungdr.errors import ConfigError, UnsupportedFormatError
 from lungdr.transforms import (
-    Letterboxd, LetterboxInfo, Preprocess, Preprocessd, Unletterboxd, clahe, equalize_hist, letterbox,
-    normalize, to_gray, unletterbox, unletterbox_mask,
+    Letterboxd, LetterboxInfo, Preprocess, Preprocessd, Unletterboxd, clahe, classifier_view, content_box,
+    equalize_hist, fill_square, letterbox, normalize, to_gray, unletterbox, unletterbox_mask,
 )
 
 
@@ -149,3 +149,27 @@ def test_dict_wrappers(sample_dir):
     assert LetterboxInfo.from_dict(pre["letterbox"]).orig_shape == img.shape
     with pytest.raises(ConfigError):
         Letterboxd(["image", "mask"], 96)({"image": img, "mask": mask[:-2]})
+
+
+def test_fill_square_drops_the_letterbox_bars():
+    rng = np.random.default_rng(5)
+    film = rng.uniform(0.2, 1.0, (30, 64)).astype(np.float32)  # landscape film, no zero pixel
+    mask = np.zeros((30, 64), np.uint8)
+    mask[5:25, 10:30] = 1
+    pre = Preprocess(PreprocessConfig(size=64, equalization="none"))
+    boxed, info = pre(film)
+    boxed_mask = pre.mask(mask, info)
+    assert content_box(boxed) == (info.top, info.top + info.new_h, 0, 64)
+    image, filled = fill_square(boxed, boxed_mask)
+    assert image.shape == filled.shape == (64, 64) and image.min() > 0 and set(np.unique(filled)) == {0, 1}
+    ys = np.flatnonzero(filled.any(1))
+    assert abs(ys[0] - 5 * 64 / 30) <= 2 and abs(ys[-1] + 1 - 25 * 64 / 30) <= 2  # the mask stretched with the film
+    same_image, same_mask = fill_square(image, filled)  # a film filling the square is left alone
+    assert same_image is image and same_mask is filled
+    assert content_box(np.zeros((8, 8))) == (0, 8, 0, 8)
+    views = classifier_view([boxed], [boxed_mask], "square")
+    assert np.array_equal(views[0][0], image) and classifier_view([boxed], [boxed_mask])[0][0] is boxed
+    with pytest.raises(ConfigError):
+        classifier_view([boxed], [boxed_mask], "stretched")
+    with pytest.raises(ConfigError):
+        fill_square(boxed, boxed_mask[:-1])

@@ -21,6 +21,7 @@ import numpy as np
 
 from lungdr.features.regions import ZONES, lung_zones
 from lungdr.models.base import ModelInputError
+from lungdr.transforms import classifier_view
 
 ORIENTATIONS = (0.0, 45.0, 90.0, 135.0)
 SCALES = (7, 9, 11, 13, 15, 17)
@@ -166,5 +167,6 @@ def gabor_feature_matrix(images, masks, size: int, orientations=ORIENTATIONS, sc
 def svm_features(images, masks, cfg) -> np.ndarray:
     """C1's feature matrix for an ``SVMConfig`` — the ONE place training (local or Ray Data) and prediction
     turn images into SVM features."""
+    images, masks = classifier_view(images, masks, cfg.view)
     return gabor_feature_matrix(images, masks, cfg.feature_size, cfg.orientations, cfg.scales, cfg.regional,
                                 cfg.hist_bins, cfg.context_grid)

@@ -31,6 +31,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
     pretrained = classifiers["transfer"].metadata.get("pretrained") if "transfer" in classifiers else None
     grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
     augmented = "cnn3d" in classifiers and classifiers["cnn3d"].cfg.augment
+    squared = [n for n, c in classifiers.items() if getattr(c.cfg, "view", "letterbox") == "square"]
     rows = "\n".join(
         f"| {n} | {_f(m.get('accuracy'))} | {_f(m.get('auc'))} | {_f(m.get('sensitivity'))} | "
         f"{_f(m.get('specificity'))} | {m.get('n')} |" for n, m in metrics.items())
@@ -48,6 +49,8 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         "- C3 `cnn3d`: the paper's 3-D CNN on scale-space pseudo-volumes of the DR image"
         + (", trained with geometric augmentation (one draw per volume)" if augmented else "")
         + (" after pre-training on synthetic CT phantoms." if training_data.get("ct") else "."),
+        *([f"- Classifiers seeing the film stretched to the full square (letterbox bars dropped): "
+           f"{', '.join(squared)}."] if squared else []),
         f"- Lung segmenter: {'U-Net (segmenter/)' if has_segmenter else 'NONE in this bundle (masks came from the corpus)'}.",
         f"- Fusion weights (validation accuracy log-odds): {json.dumps({k: round(v, 3) for k, v in weights.items()})}",
         "- Each model's p_abnormal is Platt-calibrated on the validation split before the vote; the fused "
@@ -55,9 +58,10 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         + ("log-odds (mapped back to a probability)." if pooling == "logit" else "probabilities."),
         "- A vote below the clear-majority threshold is repeated on test-time-augmented copies; the re-vote labels "
         "the case only if it is clear and leans the same way as the first vote, otherwise `needs_review`.",
-        "- Out-of-distribution guard: distances in each model's embedding, in the lung mask's shape statistics and "
-        "in the film's acquisition statistics (noise, fine detail, contrast), one threshold at the validation "
-        "quantile; a scan past it is `needs_review` (`out_of_distribution`), never labelled.",
+        "- Out-of-distribution guard: distances in each model's embedding, in the lung mask's shape statistics, "
+        "in the film's acquisition statistics (noise, fine detail, contrast) and in its framing (where the lungs "
+        "sit on the film), one threshold at the validation quantile; a scan past it is `needs_review` "
+        "(`out_of_distribution`), never labelled.",
         "", "## Validation metrics (patient-disjoint split)", "",
         "| model | accuracy | AUC | sensitivity | specificity | n |", "|---|---|---|---|---|---|", rows, "",
         f"Fusion accuracy counts decided cases only; coverage {_f(metrics.get('fusion', {}).get('coverage'))}, "
@@ -99,9 +103,10 @@ def finish_bundle(out: str, classifiers: dict, train: dict, val: dict, cfg: Lung
     metrics["fusion"] = decision_metrics(y, fusion.decide_batch(raw))
     rng = np.random.default_rng(seed)
     pick = rng.permutation(len(train["image"]))[:OOD_TRAIN_SAMPLES]
+    spaces = cfg.fusion.ood_statistics
     guard = OODGuard(cfg.fusion.ood_quantile).fit(
-        guard_features(classifiers, [train["image"][i] for i in pick], [train["mask"][i] for i in pick]),
-        guard_features(classifiers, list(val["image"]), list(val["mask"])))
+        guard_features(classifiers, [train["image"][i] for i in pick], [train["mask"][i] for i in pick], spaces),
+        guard_features(classifiers, list(val["image"]), list(val["mask"]), spaces))
     seg_files, seg_pre = segmenter_files(segmenter)
     caveats = list(CAVEATS) + ([] if seg_files else ["no lung segmenter in this bundle: not servable on its own"])
     with tempfile.TemporaryDirectory(prefix="lungdr-bundle-") as tmp:

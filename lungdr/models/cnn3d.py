@@ -24,6 +24,7 @@ from torch import nn
 from lungdr.config import CNN3DConfig
 from lungdr.models.base import check_labels
 from lungdr.models.torchnet import TorchClassifier, lung_referenced
+from lungdr.transforms import classifier_view
 
 POOLED = (1, 1, 1)
 LUNG_WINDOW = (-1350.0, 150.0)  # HU range of the W 1500 / L -600 lung window
@@ -91,6 +92,7 @@ class CNN3D(TorchClassifier):
         return build_model(self.cfg)
 
     def inputs(self, images, masks) -> np.ndarray:
+        images, masks = classifier_view(images, masks, self.cfg.view)
         vols = [lift_to_volume(lung_referenced(i, m), m, self.cfg.depth, self.cfg.size) for i, m in zip(images, masks)]
         return np.stack(vols)[:, None] if vols else np.zeros((0, 1, self.cfg.depth, self.cfg.size, self.cfg.size))
 

@@ -27,6 +27,7 @@ from lungdr.config import AugmentConfig, TransferConfig
 from lungdr.errors import ConfigError, LungdrError
 from lungdr.models.base import WeightsUnavailableError
 from lungdr.models.torchnet import TorchClassifier, load_state, lung_referenced
+from lungdr.transforms import classifier_view
 
 log = logging.getLogger("lungdr.transfer")
 
@@ -157,7 +158,7 @@ class InceptionTransfer(TorchClassifier):
         return build_model(self.cfg, state)
 
     def inputs(self, images, masks) -> np.ndarray:
-        return transfer_inputs(images, masks, self.cfg.input_size)
+        return transfer_inputs(*classifier_view(images, masks, self.cfg.view), self.cfg.input_size)
 
     def augment_fn(self):
         return augment_batch(self.augment_cfg) if self.cfg.augment else None

@@ -86,6 +86,15 @@ def wide(image, mask, rng):
     return resize(image, (h, new_w), "linear"), resize(mask, (h, new_w), "nearest")
 
 
+def aspect(image, mask, rng):
+    """The same film stored at another aspect, as archives and exports do: a square film (squashed to a square,
+    as most of kermany_cls is) goes back to a landscape film 0.70-0.85 as tall as wide; any other film is squashed
+    to a square. Whatever a model learnt from the storage form shows up here."""
+    h, w = image.shape
+    shape = (int(round(w * rng.uniform(0.70, 0.85))), w) if h == w else (max(h, w), max(h, w))
+    return resize(image, shape, "area"), resize(mask, shape, "nearest")
+
+
 def rotate(image, mask, rng, lo: float = 8.0, hi: float = 15.0):
     """Patient tilt: rotate by 8-15 degrees either way about the centre (corners outside the film go black)."""
     h, w = image.shape
@@ -181,7 +190,7 @@ def adult(image, mask, rng):
 
 SHIFTS: dict[str, Shift] = {
     "none": lambda image, mask, rng: (image, mask),
-    "zoom_in": zoom_in, "zoom_out": zoom_out, "wide": wide, "rotate": rotate,
+    "zoom_in": zoom_in, "zoom_out": zoom_out, "wide": wide, "aspect": aspect, "rotate": rotate,
     "low_contrast": low_contrast, "bright": bright, "dark": dark, "vendor_clahe": vendor_clahe, "noise": noise,
     "collimator": collimator, "text": text, "adult": adult,
 }

@@ -5,6 +5,9 @@ Data: seeded synthetic DR phantoms (normal vs. abnormal with consolidation-like 
 
 from __future__ import annotations
 
+import dataclasses
+
+import cv2
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -12,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from lungdr.models import load_classifier
 from lungdr.models.base import ModelInputError, NotFittedError
 from lungdr.synthetic import make_dr_phantom
+from lungdr.transforms import fill_square, letterbox
 
 
 def phantom_set(n: int, size: int, seed: int):
@@ -90,3 +94,21 @@ class ClassifierContract:
             self.make().fit(images[:4], masks[:4], np.zeros(4))  # one class only
         with pytest.raises(NotFittedError):
             self.make().predict_proba(images[:1], masks[:1])
+
+    def test_square_view_hides_the_letterbox(self, fitted, data):
+        """``view: square``: a film stored at another aspect (letterboxed, with bars) and the same film filling the
+        square are one and the same input; the default view sees the bars."""
+        (images, masks, y), (t_images, t_masks, _), groups = data
+        k = 8
+        square = type(fitted)(dataclasses.replace(self.make().cfg, view="square"))
+        square.fit(images[:k], masks[:k], y[:k], groups=groups[:k])
+        side, short = self.size, self.size * 3 // 4
+        boxed = [letterbox(cv2.resize(i, (side, short), interpolation=cv2.INTER_AREA), side)[0] for i in t_images[:4]]
+        boxed_masks = [letterbox(cv2.resize(m, (side, short), interpolation=cv2.INTER_NEAREST), side, "nearest")[0]
+                       for m in t_masks[:4]]
+        filled = [fill_square(i, m) for i, m in zip(boxed, boxed_masks)]
+        assert all(f[0].shape == (side, side) and f[0].min() > 0 for f in filled)  # no bar left
+        np.testing.assert_array_equal(square.predict_proba(boxed, boxed_masks),
+                                      square.predict_proba([f[0] for f in filled], [f[1] for f in filled]))
+        seen = fitted.embed(boxed, boxed_masks), fitted.embed([f[0] for f in filled], [f[1] for f in filled])
+        assert not np.allclose(*seen)

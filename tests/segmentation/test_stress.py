@@ -11,7 +11,7 @@ from lungdr.metrics import dice
 from lungdr.segmentation.stress import VARIANTS, shifted, summarize, worst
 from lungdr.synthetic import make_dr_phantom
 
-GEOMETRIC = ("zoom_in", "zoom_out", "wide", "rotate", "adult")
+GEOMETRIC = ("zoom_in", "zoom_out", "wide", "aspect", "rotate", "adult")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,10 @@ def test_geometric_variants_move_image_and_mask_together(phantom):
     assert shifted("zoom_in", painted, mask, 0)[1].mean() > fraction * 1.2  # lungs fill more of the frame
     assert shifted("zoom_out", painted, mask, 0)[1].mean() < fraction * 0.7  # ... or less
     assert shifted("wide", painted, mask, 0)[1].shape[1] > w * 1.15
+    assert shifted("aspect", painted, mask, 0)[1].shape == (h, h)  # a non-square film squashed to a square
+    square = np.ascontiguousarray(painted[:w, :w]), np.ascontiguousarray(mask[:w, :w])
+    relandscaped = shifted("aspect", *square, 0)[1].shape  # a square one back to landscape
+    assert relandscaped[1] == w and 0.69 * w <= relandscaped[0] <= 0.86 * w
     rotated = shifted("rotate", painted, mask, 0)[1]
     assert rotated.shape == (h, w) and dice(rotated, mask) < 0.95
 
