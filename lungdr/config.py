@@ -120,7 +120,7 @@ class SVMConfig:
 
 LR_SCHEDULES = ("constant", "cosine")
 POOLINGS = ("logit", "mean")
-OOD_STATISTICS = ("mask", "image", "framing")  # model-free OOD spaces (lungdr/ood.py), in the order they were added
+OOD_STATISTICS = ("mask", "image")  # model-free OOD spaces (lungdr/ood.py), in the order they were added
 TOPOLOGIES = ("composed", "single")
 
 
@@ -173,7 +173,7 @@ class FusionConfig:
     review_rate: float = 0.0  # > 0: training sets margin_threshold to this quantile of the validation margins
     tta_rounds: int = 4
     ood_quantile: float = 0.99  # validation quantile used as the OOD distance threshold
-    # model-free OOD spaces beside the classifiers' embeddings (lungdr/ood.py): lung-mask shape, acquisition, framing
+    # model-free OOD spaces beside the classifiers' embeddings (lungdr/ood.py): lung-mask shape, acquisition
     ood_statistics: tuple[str, ...] = OOD_STATISTICS
     pooling: str = "logit"  # fused p_abnormal: "logit" = weighted mean log-odds, "mean" = weighted mean probability
 

@@ -1,11 +1,10 @@
 """Out-of-distribution guard: is this scan like the chest DRs the models were trained on?
 
-Each *space* — every classifier's embedding, ``mask_stats`` of the lung mask (area, components, bounding box),
-``image_stats`` of how the film was acquired (noise, detail, contrast) and ``framing_stats`` of where the lungs sit
-on the film — is modelled on training data: standardise, project on the top principal components, fit a shrinkage
-covariance (Ledoit-Wolf). A sample's distance in a space combines its Mahalanobis distance inside the subspace with
-its residual off it (scaled by the validation residual), per dimension, divided by that space's ``quantile`` of
-validation distances (its ratio). The spaces are then combined
+Each *space* — every classifier's embedding, ``mask_stats`` of the lung mask (area, components, bounding box) and
+``image_stats`` of how the film was acquired (noise, detail, contrast) — is modelled on training data: standardise,
+project on the top principal components, fit a shrinkage covariance (Ledoit-Wolf). A sample's distance in a space
+combines its Mahalanobis distance inside the subspace with its residual off it (scaled by the validation residual),
+per dimension, divided by that space's ``quantile`` of validation distances (its ratio). The spaces are then combined
 into ONE decision: the score is the largest ratio divided by the ``quantile`` of that same largest ratio over the
 validation set, so the in-distribution false-alarm rate is ``1 - quantile`` overall, not once per space (four spaces
 at 0.99 each flagged ~4 %). ``score > 1`` means out of distribution; the reason names the spaces whose ratio passed
@@ -24,10 +23,9 @@ from sklearn.covariance import LedoitWolf
 from lungdr.config import OOD_STATISTICS
 from lungdr.errors import BundleError
 from lungdr.models.base import ModelInputError, NotFittedError
-from lungdr.transforms import content_box
 
 STATISTIC_SPACES = OOD_STATISTICS  # the model-free spaces, in the order they were added
-MASK_SPACE, IMAGE_SPACE, FRAMING_SPACE = STATISTIC_SPACES
+MASK_SPACE, IMAGE_SPACE = STATISTIC_SPACES
 ACQUISITION_SIZE = 128  # px side image_stats work at (see there)
 MIN_COMPONENT_FRACTION = 0.005  # components smaller than this share of the image are ignored
 
@@ -87,33 +85,6 @@ def image_stats(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def image_stats_matrix(images, masks) -> np.ndarray:
     return np.stack([image_stats(x, m) for x, m in zip(images, masks)])
-
-
-def framing_stats(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``(7,)`` where the lungs sit on the film: the lung box's margins to the film's top, bottom, left and right
-    edges, its height and width, all as fractions of the film's own height / width, and the lung area over the film
-    area. The film is ``content_box`` (the letterbox bars excluded), not the padded square of ``mask_stats``.
-
-    Why a space of its own: tight framing (lungs filling the film, as adult chests are collimated; stress ``zoom_in``)
-    changes no acquisition statistic and sits inside the paediatric films' spread of lung box *positions* on the
-    padded square, yet on the film's own axes the margins are what tell it apart. Every figure is a fraction along
-    one axis, so a film stored squashed to a square (most of kermany_cls) and the same film at its own aspect give
-    the same statistics: storage is not a new domain, framing is."""
-    m = np.asarray(mask) > 0
-    if m.shape != np.shape(image):
-        raise ModelInputError(f"mask shape {m.shape} != image shape {np.shape(image)}")
-    cy0, cy1, cx0, cx1 = content_box(image)
-    ch, cw = cy1 - cy0, cx1 - cx0
-    if not m.any():
-        return np.array([0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0], np.float64)
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    return np.array([(y0 - cy0) / ch, (cy1 - y1) / ch, (x0 - cx0) / cw, (cx1 - x1) / cw, (y1 - y0) / ch,
-                     (x1 - x0) / cw, m.sum() / (ch * cw)], np.float64)
-
-
-def framing_stats_matrix(images, masks) -> np.ndarray:
-    return np.stack([framing_stats(x, m) for x, m in zip(images, masks)])
 
 
 class _Space:
@@ -238,13 +209,11 @@ def guard_features(classifiers: dict, images, masks, spaces=STATISTIC_SPACES) ->
 
 
 def statistic_spaces(images, masks, spaces=STATISTIC_SPACES) -> dict[str, np.ndarray]:
-    """The model-free spaces of a batch, those of ``spaces`` only (a guard saved before the image or framing space
-    has none of it); other names (a guard's model spaces) are ignored."""
+    """The model-free spaces of a batch, those of ``spaces`` only (a guard saved before the image space has none);
+    other names (a guard's model spaces) are ignored."""
     out = {}
     if MASK_SPACE in spaces:
         out[MASK_SPACE] = mask_stats_matrix(masks)
     if IMAGE_SPACE in spaces:
         out[IMAGE_SPACE] = image_stats_matrix(images, masks)
-    if FRAMING_SPACE in spaces:
-        out[FRAMING_SPACE] = framing_stats_matrix(images, masks)
     return out

@@ -8,8 +8,7 @@ from lungdr.config import SVMConfig
 from lungdr.models.base import ModelInputError
 from lungdr.models.cnn3d import ct_to_input
 from lungdr.models.svm import GaborSVM
-from lungdr.ood import (FRAMING_SPACE, IMAGE_SPACE, MASK_SPACE, OODGuard, content_box, framing_stats, guard_features,
-                        image_stats, mask_stats, statistic_spaces)
+from lungdr.ood import IMAGE_SPACE, MASK_SPACE, OODGuard, guard_features, image_stats, mask_stats, statistic_spaces
 from lungdr.synthetic import make_ct_phantom, make_dr_phantom
 
 SIZE = 64
@@ -139,64 +138,9 @@ def test_noisy_scans_are_flagged_by_the_image_space(world):
 def test_statistic_spaces_follow_the_guard():
     """A guard saved before the image space existed gets only the spaces it was fitted with."""
     images, masks, _ = phantoms(3, 34)
-    assert set(statistic_spaces(images, masks)) == {MASK_SPACE, IMAGE_SPACE, FRAMING_SPACE}
+    assert set(statistic_spaces(images, masks)) == {MASK_SPACE, IMAGE_SPACE}
     only_mask = statistic_spaces(images, masks, (MASK_SPACE,))
     assert set(only_mask) == {MASK_SPACE} and only_mask[MASK_SPACE].shape == (3, 7)
-
-
-def stored_as(image, mask, shape, size=SIZE):
-    """The film (and its mask) stored at ``shape`` (h, w), then letterboxed to ``size`` as ``Preprocess`` does."""
-    from lungdr.config import PreprocessConfig
-    from lungdr.transforms import Preprocess
-
-    pre = Preprocess(PreprocessConfig(size=size, equalization="none"))
-    boxed, info = pre(cv2.resize(image, shape[::-1], interpolation=cv2.INTER_AREA))
-    return boxed, pre.mask(cv2.resize(mask, shape[::-1], interpolation=cv2.INTER_NEAREST), info)
-
-
-def tight_crop(image, mask, margin=2):
-    """The lung box plus ``margin`` px, resized back: lungs filling the film, as adult chests are collimated."""
-    ys, xs = np.nonzero(mask)
-    y0, y1 = max(0, ys.min() - margin), min(mask.shape[0], ys.max() + 1 + margin)
-    x0, x1 = max(0, xs.min() - margin), min(mask.shape[1], xs.max() + 1 + margin)
-    side = image.shape[::-1]
-    return (cv2.resize(image[y0:y1, x0:x1], side, interpolation=cv2.INTER_AREA),
-            cv2.resize(mask[y0:y1, x0:x1], side, interpolation=cv2.INTER_NEAREST))
-
-
-def test_framing_stats_see_the_film_not_its_letterbox_or_storage_aspect():
-    rng = np.random.default_rng(41)
-    image, mask = make_dr_phantom(SIZE, False, rng)
-    square = framing_stats(image, mask)
-    assert square.shape == (7,) and content_box(image) == (0, SIZE, 0, SIZE)
-    assert square[:4].min() > 0.02 and 0.1 < square[6] < 0.5  # margins on all four sides, lungs a share of it
-    for shape in ((SIZE * 3 // 4, SIZE), (SIZE, SIZE * 3 // 4)):  # landscape and portrait storage, bars added
-        boxed, boxed_mask = stored_as(image, mask, shape)
-        assert content_box(boxed) != (0, SIZE, 0, SIZE)
-        np.testing.assert_allclose(framing_stats(boxed, boxed_mask), square, atol=0.04)
-        assert np.abs(mask_stats(boxed_mask) - mask_stats(mask)).max() > 0.1  # on the padded square they move
-    tight = framing_stats(*tight_crop(image, mask))
-    assert tight[:4].max() < 0.08 and tight[4:6].min() > 0.85 and tight[6] > square[6]
-    blank = np.zeros((SIZE, SIZE), np.float32)
-    assert content_box(blank) == (0, SIZE, 0, SIZE) and np.isfinite(framing_stats(blank, mask)).all()
-    assert framing_stats(image, np.zeros_like(mask))[4:].sum() == 0  # no lung: no box, no area
-    with pytest.raises(ModelInputError):
-        framing_stats(image, mask[:-1])
-
-
-def test_tight_framing_is_flagged_by_the_framing_space_alone():
-    """Tightly framed films keep plausible lung masks and acquisition statistics; the framing space sees them,
-    whatever aspect the training films were stored at."""
-    images, masks, _ = phantoms(60, 42)
-    stored = [stored_as(x, m, (SIZE * 3 // 4, SIZE)) if k % 2 else (x, m)
-              for k, (x, m) in enumerate(zip(images, masks))]
-    feats = statistic_spaces([s[0] for s in stored], [s[1] for s in stored], (FRAMING_SPACE,))
-    guard = OODGuard(quantile=0.95).fit({k: v[:40] for k, v in feats.items()}, {k: v[40:] for k, v in feats.items()})
-    fresh_images, fresh_masks, _ = phantoms(20, 43)
-    assert sum(s[1] for s in guard.score_batch(statistic_spaces(fresh_images, fresh_masks, (FRAMING_SPACE,)))) <= 2
-    crops = [tight_crop(x, m) for x, m in zip(fresh_images, fresh_masks)]
-    results = guard.score_batch(statistic_spaces([c[0] for c in crops], [c[1] for c in crops], (FRAMING_SPACE,)))
-    assert all(is_ood and reason.startswith("framing") for _, is_ood, reason in results), results
 
 
 def test_image_space_on_real_films_accepts_another_storage_and_flags_noise(shared_data):

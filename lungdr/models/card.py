@@ -58,10 +58,9 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         + ("log-odds (mapped back to a probability)." if pooling == "logit" else "probabilities."),
         "- A vote below the clear-majority threshold is repeated on test-time-augmented copies; the re-vote labels "
         "the case only if it is clear and leans the same way as the first vote, otherwise `needs_review`.",
-        "- Out-of-distribution guard: distances in each model's embedding, in the lung mask's shape statistics, "
-        "in the film's acquisition statistics (noise, fine detail, contrast) and in its framing (where the lungs "
-        "sit on the film), one threshold at the validation quantile; a scan past it is `needs_review` "
-        "(`out_of_distribution`), never labelled.",
+        "- Out-of-distribution guard: distances in each model's embedding, in the lung mask's shape statistics and "
+        "in the film's acquisition statistics (noise, fine detail, contrast), one threshold at the validation "
+        "quantile; a scan past it is `needs_review` (`out_of_distribution`), never labelled.",
         "", "## Validation metrics (patient-disjoint split)", "",
         "| model | accuracy | AUC | sensitivity | specificity | n |", "|---|---|---|---|---|---|", rows, "",
         f"Fusion accuracy counts decided cases only; coverage {_f(metrics.get('fusion', {}).get('coverage'))}, "
