@@ -17,7 +17,7 @@ import numpy as np
 
 from lungdr.config import AugmentConfig
 from lungdr.errors import ConfigError, UnsupportedFormatError
-from lungdr.transforms import to_gray
+from lungdr.transforms import nonzero_box, to_gray
 
 _REMAP = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC}
 
@@ -108,9 +108,10 @@ def shutter_bands(image: np.ndarray, mask: np.ndarray | None, cfg: AugmentConfig
     sides = rng.permutation(4)[: rng.integers(1, 4)]
     widths = rng.uniform(0.02, max(cfg.border_width, 0.02), size=4)
     level = rng.uniform(0.6, 1.0)
-    if mask is not None and mask.any():
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        room = (rows[0], h - 1 - rows[-1], cols[0], w - 1 - cols[-1])  # top, bottom, left, right
+    box = None if mask is None else nonzero_box(mask)
+    if box is not None:
+        y0, y1, x0, x1 = box
+        room = (y0, h - y1, x0, w - x1)  # top, bottom, left, right
     else:
         room = (h, h, w, w)
     out = image.copy()

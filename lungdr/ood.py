@@ -24,8 +24,7 @@ from lungdr.config import OOD_STATISTICS
 from lungdr.errors import BundleError
 from lungdr.models.base import ModelInputError, NotFittedError
 
-STATISTIC_SPACES = OOD_STATISTICS  # the model-free spaces, in the order they were added
-MASK_SPACE, IMAGE_SPACE = STATISTIC_SPACES
+MASK_SPACE, IMAGE_SPACE = OOD_STATISTICS  # the model-free spaces
 ACQUISITION_SIZE = 128  # px side image_stats work at (see there)
 MIN_COMPONENT_FRACTION = 0.005  # components smaller than this share of the image are ignored
 
@@ -201,14 +200,14 @@ class OODGuard:
         return guard
 
 
-def guard_features(classifiers: dict, images, masks, spaces=STATISTIC_SPACES) -> dict[str, np.ndarray]:
+def guard_features(classifiers: dict, images, masks, spaces=OOD_STATISTICS) -> dict[str, np.ndarray]:
     """The guard's input for a batch: every classifier's ``embed`` plus the model-free ``spaces``."""
     feats = {name: clf.embed(images, masks) for name, clf in classifiers.items()}
     feats.update(statistic_spaces(images, masks, spaces))
     return feats
 
 
-def statistic_spaces(images, masks, spaces=STATISTIC_SPACES) -> dict[str, np.ndarray]:
+def statistic_spaces(images, masks, spaces=OOD_STATISTICS) -> dict[str, np.ndarray]:
     """The model-free spaces of a batch, those of ``spaces`` only (a guard saved before the image space has none);
     other names (a guard's model spaces) are ignored."""
     out = {}

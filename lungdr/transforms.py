@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from lungdr.config import PreprocessConfig
+from lungdr.config import PreprocessConfig, check_view
 from lungdr.errors import ConfigError, UnsupportedFormatError
 
 _INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT,
@@ -193,15 +193,22 @@ def unletterbox_mask(prob: np.ndarray, info: LetterboxInfo, threshold: float = 0
     return (up >= threshold).astype(np.uint8)
 
 
+def nonzero_box(arr: np.ndarray) -> tuple[int, int, int, int] | None:
+    """``(y0, y1, x0, x1)`` (end-exclusive) bounding box of the non-zero pixels of a 2-D array; None if there are
+    none."""
+    nz = np.asarray(arr) != 0
+    rows, cols = np.flatnonzero(nz.any(axis=1)), np.flatnonzero(nz.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
 def content_box(image: np.ndarray) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)`` (end-exclusive) of the film inside a preprocessed, letterboxed image: the bars stay
     exactly 0 through ``Preprocess``, so the film is the bounding box of the non-zero pixels (an all-black border
     row of the film itself counts as bar, which is what it shows). The whole image when it is all zero."""
     x = _check_2d(np.asarray(image))
-    rows, cols = np.flatnonzero((x > 0).any(axis=1)), np.flatnonzero((x > 0).any(axis=0))
-    if rows.size == 0:
-        return 0, x.shape[0], 0, x.shape[1]
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return nonzero_box(x > 0) or (0, x.shape[0], 0, x.shape[1])
 
 
 def fill_square(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,10 +232,9 @@ def fill_square(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
 def classifier_view(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                     view: str = "letterbox") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """What a classifier sees of preprocessed images and masks: as they are (``letterbox``) or ``fill_square``d."""
+    check_view(view)
     if view == "letterbox":
         return list(images), list(masks)
-    if view != "square":
-        raise ConfigError(f"view must be letterbox or square, got {view!r}")
     pairs = [fill_square(i, m) for i, m in zip(images, masks)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 

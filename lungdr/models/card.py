@@ -31,7 +31,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
     pretrained = classifiers["transfer"].metadata.get("pretrained") if "transfer" in classifiers else None
     grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
     augmented = "cnn3d" in classifiers and classifiers["cnn3d"].cfg.augment
-    squared = [n for n, c in classifiers.items() if getattr(c.cfg, "view", "letterbox") == "square"]
+    squared = [n for n, c in classifiers.items() if c.cfg.view == "square"]
     rows = "\n".join(
         f"| {n} | {_f(m.get('accuracy'))} | {_f(m.get('auc'))} | {_f(m.get('sensitivity'))} | "
         f"{_f(m.get('specificity'))} | {m.get('n')} |" for n, m in metrics.items())

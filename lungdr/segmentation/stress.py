@@ -20,7 +20,7 @@ import numpy as np
 from lungdr.augment import apply_field
 from lungdr.errors import ConfigError, UnsupportedFormatError
 from lungdr.io import to_uint8
-from lungdr.transforms import clahe, resize, to_gray
+from lungdr.transforms import clahe, nonzero_box, resize, to_gray
 
 Shift = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -32,11 +32,8 @@ def _stored(image: np.ndarray) -> np.ndarray:
 
 def _lung_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of the mask's bounding box (end-exclusive); the central 80 % when the mask is empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     h, w = mask.shape
-    if rows.size == 0:
-        return h // 10, h - h // 10, w // 10, w - w // 10
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return nonzero_box(mask) or (h // 10, h - h // 10, w // 10, w - w // 10)
 
 
 # ---------------------------------------------------------------- geometry (image and mask move together)
