@@ -9,9 +9,12 @@ export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} RAY_USAGE_STATS_ENABLED=0
 mkdir -p "$OUT"
 
 # 1. Lung-field U-Net, 256 px, patient-disjoint validation split inside train-segmenter (settings in the YAML);
-#    then the baselines and the domain-shift stress suite on the validation patients.
+#    then the baselines and the domain-shift stress suite on the validation patients. LUNGDR_SEG_REFIT=1 also trains
+#    the U-Net again on all 240 human masks (twice the time; the bundle to ship, no patients left to measure it on).
+REFIT=()
+[ "${LUNGDR_SEG_REFIT:-0}" = 1 ] && REFIT=(--refit-out "$OUT/seg-kermany256-all")
 time lungdr train-segmenter --local --data "$DATA/kermany_v7" --out "$OUT/seg-kermany256" \
-  --config benchmarks/segmenter_kermany.yaml
+  --config benchmarks/segmenter_kermany.yaml "${REFIT[@]}"
 lungdr eval-segmentation --data "$DATA/kermany_v7" --bundle "$OUT/seg-kermany256" --out "$OUT/seg-eval" --val-only \
   --stress
 

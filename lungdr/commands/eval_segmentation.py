@@ -51,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
 
         if seg is None:
             raise ConfigError("--val-only needs --bundle (its training split settings)")
+        from lungdr.bundle import open_bundle
+        from lungdr.segmentation.training import is_refit
+
+        if is_refit(open_bundle(args.bundle).manifest):
+            raise ConfigError("--val-only: this bundle was refit on every human mask, its validation patients "
+                              "included; evaluate the validated bundle it names, or this one on other data")
         items = split_items(items, seg.cfg)[1]
     items = items[: args.limit]
     metrics = evaluate_methods(items, methods, seg, join_uri(args.out, "overlays"), args.overlays)

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="folder/s3:// of pseudo-masks from `lungdr autolabel` (GrabCut ones are made there from this "
                         "corpus's unmasked images if absent)")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--refit-out", default=None,
+                   help="also train again on every human mask (validation patients too) and write that bundle here; it "
+                        "carries the validated --out bundle's Dice as its estimate (about twice the training time)")
     p.add_argument("--local", action="store_true", help="train in this process without Ray (one CPU/GPU)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=run)
@@ -65,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         def log(rec: dict) -> None:
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in rec.items()}), flush=True)
 
-        result = train_local(args.data, args.out, cfg, pre, augment, args.pseudo_labels, log=log)
-        result.pop("history")
+        result = train_local(args.data, args.out, cfg, pre, augment, args.pseudo_labels, log=log,
+                             refit_out=args.refit_out)
+        result.pop("history"), result.pop("refit_history", None)
     else:
         from lungdr.scale.session import init_ray
         from lungdr.scale.train_segmenter import train_segmenter
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         init_ray(address=args.address)
         result = train_segmenter(args.data, args.out, cfg, pre, augment, workers=args.workers, use_gpu=args.use_gpu,
                                  cpus_per_worker=args.cpus_per_worker, storage=args.storage, name=args.name,
-                                 resume=args.resume, resume_from=args.resume_from, pseudo_labels=args.pseudo_labels)
+                                 resume=args.resume, resume_from=args.resume_from, pseudo_labels=args.pseudo_labels,
+                                 refit_out=args.refit_out)
     print(json.dumps(result, indent=2, default=str))
     return 0

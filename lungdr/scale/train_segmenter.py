@@ -7,7 +7,9 @@ the human masks in memory and draws its share afresh every epoch (``EpochMix``, 
 keep the same step count. Each worker augments its shard on the fly, runs ``train_one_epoch`` and ``evaluate`` (the
 same functions as the local loop), and reports the validation Dice with a checkpoint every epoch. A run resumes from the latest checkpoint of the latest run of the same name
 (Ray Train restores the run's checkpoint history) or from an explicit checkpoint path. The best-validation weights
-become a segmenter bundle with metrics and a model card.
+become a segmenter bundle with metrics and a model card. With ``refit_out`` a second run (``<run>-refit``) trains
+again from the same start on every human mask, with no validation shard, and its last epoch becomes a second bundle
+that carries the first one's figures as its estimate.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lungdr.config import AugmentConfig, PreprocessConfig, SegmenterConfig, from
 from lungdr.errors import ConfigError, EmptyInputError
 
 STATE = "train_state.pt"
+REFIT = "-refit"  # suffix of the run that trains again on every human mask (``refit_out``)
 DEFAULT_NAME = "lungdr-segmenter"
 
 
@@ -68,8 +71,8 @@ def _gather_metrics(metrics: dict) -> dict:
         parts = [None] * dist.get_world_size()
         dist.all_gather_object(parts, metrics)
     parts = [p for p in parts if p is not None]
-    dice = np.concatenate([p["scores"]["dice"] for p in parts]) if parts else np.zeros(0)
-    iou = np.concatenate([p["scores"]["iou"] for p in parts])
+    dice = np.concatenate([np.zeros(0)] + [p["scores"]["dice"] for p in parts])
+    iou = np.concatenate([np.zeros(0)] + [p["scores"]["iou"] for p in parts])
     n = len(dice)
     loss = sum(p["loss"] * p["n"] for p in parts if p["n"]) / max(n, 1)
     nan = float("nan")
@@ -146,7 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
     augment = PairedAugment(from_dict(AugmentConfig, config["augment"])) if config.get("augment") else None
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if rank == 0 else None
+    val_shard = ray.train.get_dataset_shard("val") if rank == 0 and config.get("validate", True) else None
     mix = None  # with pseudo-masks: this worker's shards in memory, a fresh pseudo draw every epoch
     if config.get("pseudo_dataset"):
         mix = EpochMix(_shard_arrays(train_shard, cfg.size),
@@ -162,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
         # Rank 0 validates on the whole (unsplit) val set, with the unwrapped module (DDP's forward is a collective);
         # an equal split across workers could drop up to world_size - 1 validation images.
         local = evaluate(shipped, _numpy_batches(val_shard, cfg.batch_size), device, cfg.threshold, scores=True) \
-            if rank == 0 else None
+            if val_shard is not None else None  # none on a refit: every epoch is "best", the last one ships
         metrics = {"epoch": epoch, "attempt": config.get("attempt", ""), "train_loss": loss, **_gather_metrics(local),
                    "seconds": round(time.perf_counter() - t0, 2)}
         if metrics["val_n"] == 0 or metrics["val_dice"] > best:
@@ -196,7 +199,7 @@ def latest_run(storage: str | None, name: str) -> str | None:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError:
         return None
-    runs = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+    runs = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.endswith(REFIT)
                   and (i.base_name == name or i.base_name.startswith(f"{name}-")))
     for run in reversed(runs):
         snap = fs.get_file_info(f"{path}/{run}/checkpoint_manager_snapshot.json")
@@ -231,16 +234,16 @@ def train_segmenter(
     resume: bool = False,
     resume_from: str | None = None,
     pseudo_labels: str | None = None,
+    refit_out: str | None = None,
 ) -> dict:
-    """Train on ``data`` (folder or s3:// corpus with masks) and write the segmenter bundle to ``out``.
-    Returns ``{"bundle", "model_version", "metrics", "history", "run", "storage", "checkpoint", "epochs_run"}``."""
-    from ray.train.torch import TorchTrainer
-
-    from lungdr.scale.storage import filesystem_for
+    """Train on ``data`` (folder or s3:// corpus with masks) and write the segmenter bundle to ``out``; with
+    ``refit_out`` train again on every human mask in a run of its own (``<run>-refit``, resumed like the first) and
+    write that bundle there (``write_refit_bundle``). Returns ``{"bundle", "model_version", "metrics", "history",
+    "run", "storage", "checkpoint", "epochs_run"}`` (+ ``"refit_bundle", "refit_run", "refit_checkpoint",
+    "refit_history"``)."""
     from lungdr.segmentation.pretrain import describe_pretrained
-    from lungdr.segmentation.segmenter import Segmenter
-    from lungdr.segmentation.training import best_metrics, is_pseudo, training_items, write_segmenter_bundle
-    from lungdr.segmentation.unet import build_unet
+    from lungdr.segmentation.training import (best_metrics, is_pseudo, training_items, write_refit_bundle,
+                                              write_segmenter_bundle)
 
     cfg = cfg or SegmenterConfig()
     pre = pre or PreprocessConfig(size=cfg.size)
@@ -261,29 +264,61 @@ def train_segmenter(
     datasets["train"] = _mask_rows(data, train_items, pre)
     run = latest_run(storage, name) if resume else None
     run = run or f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}"
-    path, fs = filesystem_for(storage) if storage else (None, None)
-    resources = {"GPU": 1} if use_gpu else {"CPU": cpus_per_worker}
     attempt = uuid.uuid4().hex[:8]  # tells this call's epochs from resumed ones in the history
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"segmenter": to_dict(cfg), "augment": to_dict(augment) if augment else None, "attempt": attempt,
-                           "resume_from": resume_from, "shuffle_buffer": max(8 * cfg.batch_size, 256),
-                           "pseudo_dataset": bool(pseudo), "init_state": _start_weights(cfg)},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=run, storage_path=path, storage_filesystem=fs,
-                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=split),
-    )
-    result, state = fit_for_state(trainer, STATE)
-    model = build_unet(cfg)
-    model.load_state_dict(state["best_model"] or state["model"])
-    seg = Segmenter(model, cfg, pre, device="cpu")
+    loop = {"segmenter": to_dict(cfg), "augment": to_dict(augment) if augment else None, "attempt": attempt,
+            "resume_from": resume_from, "shuffle_buffer": max(8 * cfg.batch_size, 256),
+            "pseudo_dataset": bool(pseudo), "init_state": _start_weights(cfg)}
+    fit = _fitter(workers, use_gpu, cpus_per_worker, storage, split)
+    result, state = fit(run, loop, datasets)
     history = state["history"]
     metrics = best_metrics(history, workers=workers, use_gpu=bool(use_gpu))
-    write_segmenter_bundle(out, seg, metrics, desc)
+    write_segmenter_bundle(out, _segmenter(state, cfg, pre), metrics, desc)
     from lungdr.bundle import open_bundle
 
-    return {"bundle": out, "model_version": open_bundle(out).model_version, "metrics": metrics,
+    info = {"bundle": out, "model_version": open_bundle(out).model_version, "metrics": metrics,
             "history": json.loads(json.dumps(history, default=float)), "run": run, "storage": storage,
             "checkpoint": result.checkpoint.path, "epochs_run": [h["epoch"] for h in history if h["attempt"] == attempt]}
+    if refit_out:  # again from the same start on every human mask, no validation: the last epoch ships
+        datasets["train"] = datasets.pop("val").union(datasets["train"]).materialize()
+        result, refit = fit(run + REFIT, {**loop, "validate": False, "resume_from": None}, datasets)
+        human = list(val_items) + [i for i in train_items if not is_pseudo(i)]
+        write_refit_bundle(refit_out, _segmenter(refit, cfg, pre), out, metrics, desc, len(human),
+                           len({i.patient for i in human}))
+        info.update(refit_bundle=refit_out, refit_run=run + REFIT, refit_checkpoint=result.checkpoint.path,
+                    refit_history=json.loads(json.dumps(refit["history"], default=float)))
+    return info
+
+
+def _segmenter(state: dict, cfg: SegmenterConfig, pre: PreprocessConfig):
+    """The shipped weights of a training state (best validated epoch; the last one when nothing was validated)."""
+    from lungdr.segmentation.segmenter import Segmenter
+    from lungdr.segmentation.unet import build_unet
+
+    model = build_unet(cfg)
+    model.load_state_dict(state["best_model"] or state["model"])
+    return Segmenter(model, cfg, pre, device="cpu")
+
+
+def _fitter(workers: int, use_gpu: bool, cpus_per_worker: float, storage: str | None, split: list[str]):
+    """``fit(run_name, loop_config, datasets) -> (result, training state)``: one ``TorchTrainer`` run (restored from
+    its own checkpoint history when ``run_name`` already holds one under ``storage``)."""
+    from ray.train.torch import TorchTrainer
+
+    from lungdr.scale.storage import filesystem_for
+
+    path, fs = filesystem_for(storage) if storage else (None, None)
+    resources = {"GPU": 1} if use_gpu else {"CPU": cpus_per_worker}
+
+    def fit(run: str, loop: dict, datasets: dict):
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop,
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
+            run_config=ray.train.RunConfig(name=run, storage_path=path, storage_filesystem=fs,
+                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(datasets_to_split=split),
+        )
+        return fit_for_state(trainer, STATE)
+
+    return fit

@@ -275,8 +275,9 @@ def best_metrics(history: list[dict], **extra) -> dict:
 
 def train_local(data: str, out: str, cfg: SegmenterConfig, pre: PreprocessConfig | None = None,
                 augment_cfg: AugmentConfig | None = AugmentConfig(), pseudo_labels: str | None = None,
-                device: str | None = None, log: Callable[[dict], None] | None = None) -> dict:
-    """Single-process training on ``data`` (no Ray) that writes the same bundle as the Ray Train path."""
+                device: str | None = None, log: Callable[[dict], None] | None = None, refit_out: str | None = None) -> dict:
+    """Single-process training on ``data`` (no Ray) that writes the same bundle as the Ray Train path; with
+    ``refit_out`` a second bundle there, trained again on every human mask (``write_refit_bundle``)."""
     from lungdr.segmentation.pretrain import describe_pretrained
 
     pre = pre or PreprocessConfig(size=cfg.size)
@@ -290,7 +291,41 @@ def train_local(data: str, out: str, cfg: SegmenterConfig, pre: PreprocessConfig
     seg, history = fit_local(tr[:2], va[:2], cfg, pre, augment_cfg, device, log, pseudo=ps[:2])
     metrics = best_metrics(history, workers=1, device=str(seg.device))
     write_segmenter_bundle(out, seg, metrics, desc)
-    return {"bundle": out, "metrics": metrics, "history": history}
+    result = {"bundle": out, "metrics": metrics, "history": history}
+    if refit_out:
+        every = tuple(np.concatenate([a, b]) for a, b in zip(tr[:2], va[:2]))
+        seg, result["refit_history"] = fit_local(every, (every[0][:0], every[1][:0]), cfg, pre, augment_cfg, device,
+                                                 log and (lambda r: log(_refit_record(r))), pseudo=ps[:2])
+        patients = len({i.patient for i in human} | {i.patient for i in val})
+        result["refit_bundle"] = write_refit_bundle(refit_out, seg, out, metrics, desc, len(every[0]), patients)
+    return result
+
+
+def _refit_record(rec: dict) -> dict:
+    """A refit epoch's log record: no validation figures (nothing is held out)."""
+    return {"phase": "refit", **{k: v for k, v in rec.items() if not k.startswith("val_")}}
+
+
+REFIT_CAVEAT = ("refit: these weights were trained again, from the same start and for the same epochs, on every human "
+                "mask, validation patients included; the Dice above is that of the validated bundle (those patients "
+                "held out), an estimate for a model that saw fewer images. No held-out patients are left: evaluate "
+                "this bundle on other data.")
+
+
+def write_refit_bundle(uri: str, seg, validated_uri: str, metrics: dict, training_data: dict, images: int,
+                       patients: int) -> str:
+    """The refit's bundle: its weights, the validated bundle's figures as the estimate, and a link to that bundle."""
+    from lungdr.bundle import open_bundle
+
+    training_data = {**training_data, "refit": {
+        "images": images, "patients": patients, "epochs": seg.cfg.epochs, "shipped": "last epoch",
+        "validated_bundle": validated_uri, "validated_model_version": open_bundle(validated_uri).model_version}}
+    return write_segmenter_bundle(uri, seg, metrics, training_data, [CAVEAT, REFIT_CAVEAT])
+
+
+def is_refit(manifest: dict) -> bool:
+    """Whether a segmenter bundle's weights were refit on every human mask (no held-out patients left)."""
+    return "refit" in manifest.get("training_data", {})
 
 
 def model_card(cfg: SegmenterConfig, metrics: dict, training_data: dict, size_bytes: int, caveats: list[str]) -> str:
@@ -308,7 +343,8 @@ def model_card(cfg: SegmenterConfig, metrics: dict, training_data: dict, size_by
         "## Training data",
         *[f"- {k}: {v}" for k, v in training_data.items()],
         "",
-        "## Evaluation (patient-disjoint validation split)",
+        "## Evaluation (patient-disjoint validation split" + (", of the validated bundle: see the refit caveat)"
+                                                              if "refit" in training_data else ")"),
         f"- Dice (mean): {dice:.4f}" if isinstance(dice, float) else "- Dice: not measured",
         *[f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items() if k != "val_dice"],
         "",

@@ -19,26 +19,41 @@ def phantom_corpus(tmp_path_factory):
 
 
 def test_train_checkpoint_and_resume(ray_session, phantom_corpus, tmp_path):
+    """Two DDP workers, a checkpoint per epoch, resume from the last one; with ``refit_out`` a second run
+    (``<run>-refit``) trains again on every human mask, ships its last epoch's EMA weights and resumes the same way,
+    while ``latest_run`` never takes it for the validated run."""
     from lungdr.bundle import open_bundle
-    from lungdr.scale.train_segmenter import STATE, latest_run, train_segmenter
+    from lungdr.scale.train_segmenter import REFIT, STATE, latest_run, train_segmenter
     from lungdr.segmentation.segmenter import Segmenter
 
     cfg = SegmenterConfig(size=32, base=4, epochs=2, batch_size=4, val_fraction=0.25, lr=3e-3, ema_decay=0.9)
     storage = str(tmp_path / "runs")
-    common = dict(augment=AugmentConfig(), workers=2, cpus_per_worker=0.5, storage=storage, name="seg-test")
+    common = dict(augment=AugmentConfig(), workers=2, cpus_per_worker=0.5, storage=storage, name="seg-test",
+                  refit_out=str(tmp_path / "all"))
     first = train_segmenter(phantom_corpus, str(tmp_path / "b1"), cfg, **common)
     assert first["epochs_run"] == [1, 2]
     assert [h["epoch"] for h in first["history"]] == [1, 2]
     assert first["metrics"]["val_n"] == 4 and 0.0 <= first["metrics"]["val_dice"] <= 1.0
-    assert latest_run(storage, "seg-test") == first["run"]
+    assert latest_run(storage, "seg-test") == first["run"] and first["refit_run"] == first["run"] + REFIT
     state = torch.load(os.path.join(first["checkpoint"], STATE), map_location="cpu", weights_only=False)
     assert state["ema"] is not None and set(state["ema"]) == set(state["model"]), "the weight EMA is checkpointed"
+
+    assert [(h["epoch"], h["val_n"]) for h in first["refit_history"]] == [(1, 0), (2, 0)]
+    refit = torch.load(os.path.join(first["refit_checkpoint"], STATE), map_location="cpu", weights_only=False)
+    shipped = Segmenter.from_bundle(tmp_path / "all").model.state_dict()
+    assert all(torch.equal(shipped[k], v) for k, v in refit["ema"].items()), "the refit's last EMA weights ship"
+    m, v = open_bundle(tmp_path / "all").manifest, open_bundle(tmp_path / "b1").manifest
+    assert m["training_data"]["refit"]["images"] == 12 and m["metrics"] == v["metrics"]
 
     cfg3 = SegmenterConfig(**{**cfg.__dict__, "epochs": 3})
     resumed = train_segmenter(phantom_corpus, str(tmp_path / "b2"), cfg3, resume=True, **common)
     assert resumed["run"] == first["run"]
     assert resumed["epochs_run"] == [3], "resume continues from epoch 2, not 0"
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in resumed["refit_history"]] == [1, 2, 3]
+    assert {h["attempt"] for h in resumed["refit_history"][:2]} == {first["refit_history"][0]["attempt"]}
+
+    common.pop("refit_out")
 
     explicit = train_segmenter(phantom_corpus, str(tmp_path / "b3"), cfg3, resume_from=first["checkpoint"], **common)
     assert explicit["run"] != first["run"] and explicit["epochs_run"] == [3]
@@ -88,3 +103,4 @@ def test_unreadable_images_never_reach_the_trainer(ray_session, tmp_path):
     (tmp_path / "images" / f"{items[1].id}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     rows = _mask_rows(str(tmp_path), items, PreprocessConfig(size=32)).take_all()
     assert len(rows) == 3 and set(rows[0]) == {"image", "mask"} and rows[0]["image"].shape == (32, 32)
+

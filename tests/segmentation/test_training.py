@@ -101,3 +101,42 @@ def test_pseudo_masks_join_training_but_never_from_validation_patients_or_masked
     td = open_bundle(tmp_path / "bundle").manifest["training_data"]
     assert td["pseudo_masks_train"] == len(pseudo_ids) and td["pseudo_masks_per_epoch"] == 2
     assert result["metrics"]["epochs"] == 2
+
+
+def test_refit_trains_again_on_every_human_mask_and_keeps_the_validated_estimate(tmp_path, capsys):
+    """``refit_out``: a second bundle whose weights are the last epoch of the same training on every human mask
+    (validation patients too); it carries the validated bundle's figures and version, and ``--val-only`` refuses it
+    (no patient is held out any more)."""
+    from lungdr.bundle import open_bundle
+    from lungdr.cli import main
+    from lungdr.segmentation.segmenter import Segmenter
+    from lungdr.segmentation.training import is_refit, load_arrays, train_local, training_items
+    from lungdr.synthetic import write_dr_corpus
+    from lungdr.testing.segmenter import torch_threads
+
+    data = tmp_path / "data"
+    write_dr_corpus(str(data), 8, size=48, seed=0)
+    cfg, pre = SegmenterConfig(size=32, base=4, epochs=2, batch_size=4, val_fraction=0.25, ema_decay=0.9), \
+        PreprocessConfig(size=32)
+    with torch_threads(1):
+        result = train_local(str(data), str(tmp_path / "val"), cfg, pre, None, refit_out=str(tmp_path / "all"))
+        train, val, _ = training_items(str(data), cfg)
+        (ti, tm, _), (vi, vm, _) = load_arrays(train, pre), load_arrays(val, pre)
+        every = (np.concatenate([ti, vi]), np.concatenate([tm, vm]))
+        same, _ = fit_local(every, (every[0][:0], every[1][:0]), cfg, pre, None)
+
+    validated, refit = open_bundle(tmp_path / "val").manifest, open_bundle(tmp_path / "all").manifest
+    assert [(h["epoch"], h["val_n"]) for h in result["refit_history"]] == [(1, 0), (2, 0)]
+    assert refit["metrics"] == validated["metrics"] and validated["metrics"]["val_n"] == len(val) > 0
+    assert refit["training_data"]["refit"]["images"] == 8 == len(train) + len(val)
+    assert refit["training_data"]["refit"]["validated_model_version"] == validated["model_version"]
+    assert is_refit(refit) and not is_refit(validated) and "refit" in " ".join(refit["caveats"])
+    shipped = Segmenter.from_bundle(tmp_path / "all").model.state_dict()
+    held_out = Segmenter.from_bundle(tmp_path / "val").model.state_dict()
+    assert all(torch.equal(shipped[k], v) for k, v in same.model.state_dict().items()), "trained on all 8"
+    assert not all(torch.equal(shipped[k], v) for k, v in held_out.items())
+
+    args = ["eval-segmentation", "--data", str(data), "--out", str(tmp_path / "ev"), "--methods", "unet", "--val-only"]
+    assert main(args + ["--bundle", str(tmp_path / "all")]) == 2
+    assert "refit on every human mask" in capsys.readouterr().err
+    assert main(args + ["--bundle", str(tmp_path / "val")]) == 0
