@@ -103,4 +103,3 @@ def test_unreadable_images_never_reach_the_trainer(ray_session, tmp_path):
     (tmp_path / "images" / f"{items[1].id}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     rows = _mask_rows(str(tmp_path), items, PreprocessConfig(size=32)).take_all()
     assert len(rows) == 3 and set(rows[0]) == {"image", "mask"} and rows[0]["image"].shape == (32, 32)
-
