@@ -282,8 +282,8 @@ def train_segmenter(
         datasets["train"] = datasets.pop("val").union(datasets["train"]).materialize()
         result, refit = fit(run + REFIT, {**loop, "validate": False, "resume_from": None}, datasets)
         human = list(val_items) + [i for i in train_items if not is_pseudo(i)]
-        write_refit_bundle(refit_out, _segmenter(refit, cfg, pre), out, metrics, desc, len(human),
-                           len({i.patient for i in human}))
+        write_refit_bundle(refit_out, _segmenter(refit, cfg, pre), out, info["model_version"], metrics, desc,
+                           len(human), len({i.patient for i in human}))
         info.update(refit_bundle=refit_out, refit_run=run + REFIT, refit_checkpoint=result.checkpoint.path,
                     refit_history=json.loads(json.dumps(refit["history"], default=float)))
     return info

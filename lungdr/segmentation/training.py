@@ -296,8 +296,11 @@ def train_local(data: str, out: str, cfg: SegmenterConfig, pre: PreprocessConfig
         every = tuple(np.concatenate([a, b]) for a, b in zip(tr[:2], va[:2]))
         seg, result["refit_history"] = fit_local(every, (every[0][:0], every[1][:0]), cfg, pre, augment_cfg, device,
                                                  log and (lambda r: log(_refit_record(r))), pseudo=ps[:2])
+        from lungdr.bundle import open_bundle
+
         patients = len({i.patient for i in human} | {i.patient for i in val})
-        result["refit_bundle"] = write_refit_bundle(refit_out, seg, out, metrics, desc, len(every[0]), patients)
+        result["refit_bundle"] = write_refit_bundle(refit_out, seg, out, open_bundle(out).model_version, metrics, desc,
+                                                    len(every[0]), patients)
     return result
 
 
@@ -312,14 +315,12 @@ REFIT_CAVEAT = ("refit: these weights were trained again, from the same start an
                 "this bundle on other data.")
 
 
-def write_refit_bundle(uri: str, seg, validated_uri: str, metrics: dict, training_data: dict, images: int,
-                       patients: int) -> str:
+def write_refit_bundle(uri: str, seg, validated_uri: str, validated_version: str, metrics: dict, training_data: dict,
+                       images: int, patients: int) -> str:
     """The refit's bundle: its weights, the validated bundle's figures as the estimate, and a link to that bundle."""
-    from lungdr.bundle import open_bundle
-
     training_data = {**training_data, "refit": {
         "images": images, "patients": patients, "epochs": seg.cfg.epochs, "shipped": "last epoch",
-        "validated_bundle": validated_uri, "validated_model_version": open_bundle(validated_uri).model_version}}
+        "validated_bundle": validated_uri, "validated_model_version": validated_version}}
     return write_segmenter_bundle(uri, seg, metrics, training_data, [CAVEAT, REFIT_CAVEAT])
 
 
