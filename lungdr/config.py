@@ -64,7 +64,16 @@ class SegmenterConfig:
     tta_scales: tuple[float, ...] = ()  # test-time zooms averaged with the plain pass (e.g. (0.9, 1.1)); () = off
     weight_decay: float = 0.0  # decoupled weight decay (AdamW / SGD) when > 0
     bce_weight: float = 0.5  # loss = bce_weight * BCE + (1 - bce_weight) * (1 - soft Dice)
+    # > 0: each pixel's BCE weighs 1 + boundary_weight * exp(-d^2 / (2 boundary_sigma^2)), d = its distance (px) to the
+    # lung boundary (Ronneberger et al.'s border weighting; they used 10 and 5); 0 = off
+    boundary_weight: float = 0.0
+    boundary_sigma: float = 5.0
     init_weights: str = ""  # `lungdr pretrain-segmenter` output to start from (folder or s3://); "" = random weights
+
+    def __post_init__(self):
+        if self.boundary_weight < 0 or self.boundary_sigma <= 0:
+            raise ConfigError(f"segmenter.boundary_weight must be >= 0 and boundary_sigma > 0, got "
+                              f"{self.boundary_weight} and {self.boundary_sigma}")
 
 
 PAINT_FILLS = ("noise", "blur")

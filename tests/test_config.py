@@ -45,6 +45,15 @@ def test_svm_context_grid_must_fit_the_feature_image():
         SVMConfig(context_grid=-1)
 
 
+@pytest.mark.parametrize("kw", [{"boundary_weight": -1.0}, {"boundary_sigma": 0.0}])
+def test_segmenter_boundary_weighting_is_checked(kw):
+    from lungdr.config import SegmenterConfig
+
+    assert SegmenterConfig(boundary_weight=10.0).boundary_sigma == 5.0
+    with pytest.raises(ConfigError, match="boundary"):
+        SegmenterConfig(**kw)
+
+
 def test_classifier_view_and_ood_statistics_are_checked_when_read(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("svm:\n  view: square\ncnn3d:\n  view: square\nfusion:\n  ood_statistics: [image]\n")

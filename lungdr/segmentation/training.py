@@ -168,19 +168,45 @@ class WeightEMA:
                 avg.copy_(value)
 
 
+def boundary_weight_map(masks: np.ndarray, weight: float, sigma: float) -> np.ndarray:
+    """Per-pixel loss weights ``1 + weight * exp(-d^2 / (2 sigma^2))`` for a batch of 0/1 masks ``(B, H, W)``, ``d``
+    the distance in pixels to the nearest pixel on the other side of the mask's boundary (about 1 next to it;
+    OpenCV's fast 3x3 distance, within 5 % of the Euclidean); 1 everywhere for an empty or full mask."""
+    import cv2
+
+    out = np.ones(masks.shape, np.float32)
+    for m, w in zip(masks, out):
+        m = (np.asarray(m) > 0).astype(np.uint8)
+        if m.min() == m.max():
+            continue
+        d = cv2.distanceTransform(m, cv2.DIST_L2, 3) + cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+        w += weight * np.exp(-(d ** 2) / (2 * sigma ** 2))
+    return out
+
+
+def loss_boundary(cfg: SegmenterConfig) -> tuple[float, float]:
+    """``(boundary_weight, boundary_sigma)`` of a config, as ``train_one_epoch`` takes them."""
+    return cfg.boundary_weight, cfg.boundary_sigma
+
+
 def make_ema(model: torch.nn.Module, cfg: SegmenterConfig) -> WeightEMA | None:
     return WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
-                    device: torch.device | str = "cpu", ema: WeightEMA | None = None, bce_weight: float = 0.5) -> float:
-    """One pass of Dice+BCE optimisation (updating ``ema`` after each step); returns the mean training loss."""
+                    device: torch.device | str = "cpu", ema: WeightEMA | None = None, bce_weight: float = 0.5,
+                    boundary: tuple[float, float] = (0.0, 5.0)) -> float:
+    """One pass of Dice+BCE optimisation (updating ``ema`` after each step); returns the mean training loss.
+    ``boundary`` = (weight, sigma) of ``boundary_weight_map`` for the BCE term (weight 0: plain BCE)."""
     model.train()
     total, n = 0.0, 0
     for batch in batches:
         x, y = _tensors(batch, torch.device(device))
+        w = None
+        if boundary[0] > 0:
+            w = torch.as_tensor(boundary_weight_map(np.asarray(batch[1]), *boundary)).unsqueeze(1).to(x.device)
         optimizer.zero_grad(set_to_none=True)
-        loss = dice_bce_loss(model(x), y, bce_weight)
+        loss = dice_bce_loss(model(x), y, bce_weight, pixel_weight=w)
         loss.backward()
         optimizer.step()
         if ema is not None:
@@ -246,7 +272,8 @@ def fit_local(
     history, best, best_state = [], -1.0, None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, mix.batches(cfg.batch_size, rng, augment), dev, ema, cfg.bce_weight)
+        loss = train_one_epoch(model, optimizer, mix.batches(cfg.batch_size, rng, augment), dev, ema, cfg.bce_weight,
+                               loss_boundary(cfg))
         scheduler.step()
         metrics = evaluate(shipped, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
         rec = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
@@ -336,7 +363,9 @@ def model_card(cfg: SegmenterConfig, metrics: dict, training_data: dict, size_by
         "# lungdr lung-field segmenter",
         "",
         f"U-Net (23 convolutions, base width {cfg.base}, batch norm {'on' if cfg.batch_norm else 'off'}) "
-        f"trained at {cfg.size} x {cfg.size} px with Dice + BCE, optimizer {cfg.optimizer} (lr {cfg.lr}).",
+        f"trained at {cfg.size} x {cfg.size} px with Dice + BCE"
+        + (f" (BCE border-weighted: w0 {cfg.boundary_weight}, sigma {cfg.boundary_sigma} px)" if cfg.boundary_weight else "")
+        + f", optimizer {cfg.optimizer} (lr {cfg.lr}).",
         "",
         "## Intended use",
         "Lung-field masks on frontal chest radiographs as the first stage of lungdr. Not a diagnostic device.",

@@ -74,10 +74,17 @@ def count_convs(model: nn.Module) -> int:
     return sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
 
 
-def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 0.5, eps: float = 1.0) -> torch.Tensor:
-    """``bce_weight * BCE + (1 - bce_weight) * (1 - soft Dice)``, soft Dice computed per image then averaged."""
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 0.5, eps: float = 1.0,
+                  pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``bce_weight * BCE + (1 - bce_weight) * (1 - soft Dice)``, soft Dice computed per image then averaged.
+    ``pixel_weight`` (the target's shape, e.g. ``boundary_weight_map``) turns BCE into each image's weighted mean."""
     target = target.to(logits.dtype)
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+    if pixel_weight is None:
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+    else:
+        w = pixel_weight.to(logits.dtype).flatten(1)
+        per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1)
+        bce = ((per_pixel * w).sum(1) / w.sum(1)).mean()
     prob = torch.sigmoid(logits).flatten(1)
     tgt = target.flatten(1)
     inter = (prob * tgt).sum(1)

@@ -82,13 +82,15 @@ def test_pseudo_masks_drawn_afresh_each_epoch_across_ddp_workers(ray_session, ph
     unmasked = [{"id": f"x-{i.id}", "uri": i.uri, "patient": f"x-{i.patient}"} for i in load_corpus(str(extra))]
     make_pseudo_labels(unmasked, str(tmp_path / "pseudo"), teacher)
     cfg = SegmenterConfig(size=32, base=4, epochs=2, batch_size=2, val_fraction=0.25, pseudo_per_epoch=3,
-                          pseudo_label_min_quality=0.0)
+                          pseudo_label_min_quality=0.0, boundary_weight=10.0)  # the workers weight the BCE too
     result = train_segmenter(phantom_corpus, str(tmp_path / "b"), cfg, augment=AugmentConfig(), workers=2,
                              cpus_per_worker=0.5, name="seg-pseudo", storage=str(tmp_path / "runs"),
                              pseudo_labels=str(tmp_path / "pseudo"))
     assert result["epochs_run"] == [1, 2]
-    td = open_bundle(result["bundle"]).manifest["training_data"]
+    bundle = open_bundle(result["bundle"])
+    td = bundle.manifest["training_data"]
     assert td["pseudo_masks_train"] == 7 and td["pseudo_masks_per_epoch"] == 3 and td["human_masks_train"] == 8
+    assert bundle.manifest["segmenter"]["boundary_weight"] == 10.0 and "border-weighted: w0 10.0" in bundle.card()
 
 
 def test_unreadable_images_never_reach_the_trainer(ray_session, tmp_path):

@@ -7,7 +7,8 @@ import torch
 
 from lungdr.config import PreprocessConfig, SegmenterConfig
 from lungdr.errors import ConfigError
-from lungdr.segmentation.training import WeightEMA, evaluate, fit_local, iterate_batches, make_ema
+from lungdr.segmentation.training import (WeightEMA, boundary_weight_map, evaluate, fit_local, iterate_batches,
+                                         make_ema)
 from lungdr.synthetic import make_dr_phantom
 
 
@@ -28,6 +29,26 @@ def test_ema_update_is_the_exponential_average_and_copies_counters():
 def test_bad_decay_is_a_config_error(decay):
     with pytest.raises(ConfigError):
         WeightEMA(torch.nn.Linear(1, 1), decay)
+
+
+def test_boundary_weights_peak_on_both_sides_of_the_lung_edge_and_fade_with_distance():
+    masks = np.zeros((3, 64, 64), np.uint8)
+    masks[0, 10:30, 10:30] = 1
+    masks[2] = 1  # the third is full; the second empty
+    w = boundary_weight_map(masks, 10.0, 5.0)
+
+    def distance(weight):  # the distance a weight stands for: d = sqrt(-2 sigma^2 ln((w - 1) / 10))
+        return float(np.sqrt(-50 * np.log((weight - 1) / 10)))
+
+    assert w.dtype == np.float32 and w.shape == masks.shape
+    # OpenCV's fast 3x3 distance is within 5 % of the Euclidean one: the pixels just inside and just outside the
+    # edge are 1 px from the other side, the centre 10 px
+    assert 0.95 <= distance(w[0, 20, 10]) <= 1.0 and w[0, 20, 9] == pytest.approx(w[0, 20, 10])
+    assert 9.5 <= distance(w[0, 20, 20]) <= 10.0
+    assert w[0, 20, 10] > w[0, 20, 13] > w[0, 20, 16] > w[0, 20, 20] > 1.0
+    assert w[0, 63, 63] == pytest.approx(1.0, abs=1e-4)  # far outside
+    assert np.all(w[1] == 1.0) and np.all(w[2] == 1.0)  # no edge, no extra weight
+    assert np.allclose(boundary_weight_map(masks, 0.0, 5.0), 1.0)
 
 
 def test_make_ema_is_off_by_default():

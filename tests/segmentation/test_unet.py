@@ -87,17 +87,40 @@ def test_cosine_schedule_decays_and_resumes_at_the_same_step():
         make_scheduler(opt, SegmenterConfig(lr_schedule="warm"))
 
 
-@pytest.mark.parametrize("bce_weight", [0.0, 0.5, 1.0])
-def test_train_one_epoch_uses_the_configured_loss_weight(bce_weight):
-    from lungdr.segmentation.training import train_one_epoch
+def test_pixel_weights_make_bce_each_images_weighted_mean():
+    # Two 1x2 images; logit 0 everywhere except a confident wrong pixel in image 0.
+    target = torch.tensor([[[[1.0, 0.0]]], [[[1.0, 0.0]]]])
+    logits = torch.tensor([[[[-4.0, 0.0]]], [[[0.0, 0.0]]]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1)
+    weights = torch.tensor([[[[3.0, 1.0]]], [[[1.0, 1.0]]]])
+    expected_bce = ((3 * bce[0, 0] + bce[0, 1]) / 4 + bce[1].mean()) / 2
+    plain = dice_bce_loss(logits, target, bce_weight=1.0)
+    assert float(plain) == pytest.approx(float(bce.mean()))
+    assert float(dice_bce_loss(logits, target, 1.0, pixel_weight=weights)) == pytest.approx(float(expected_bce))
+    assert float(dice_bce_loss(logits, target, 1.0, pixel_weight=weights)) > float(plain)  # the wrong pixel weighs more
+    assert float(dice_bce_loss(logits, target, 0.5, pixel_weight=torch.ones_like(target))) == \
+        pytest.approx(float(dice_bce_loss(logits, target, 0.5)))
+
+
+@pytest.mark.parametrize("bce_weight,boundary", [(0.0, (0.0, 5.0)), (0.5, (0.0, 5.0)), (1.0, (0.0, 5.0)),
+                                                 (0.5, (10.0, 5.0))])
+def test_train_one_epoch_uses_the_configured_loss(bce_weight, boundary):
+    from lungdr.segmentation.training import boundary_weight_map, train_one_epoch
 
     torch.manual_seed(0)
     model = UNet(base=4)
     x = np.random.default_rng(0).random((2, 32, 32), dtype=np.float32)
     y = (x > 0.5).astype(np.uint8)
+    weights = torch.as_tensor(boundary_weight_map(y, *boundary))[:, None] if boundary[0] else None
     model.train()
     with torch.no_grad():
+        model.head.weight.mul_(50)  # confident, varied logits, so that weighting the pixels changes the loss
         expected = float(dice_bce_loss(model(torch.as_tensor(x)[:, None]), torch.as_tensor(y, dtype=torch.float32)[:, None],
-                                       bce_weight))
+                                       bce_weight, pixel_weight=weights))
+        plain = float(dice_bce_loss(model(torch.as_tensor(x)[:, None]), torch.as_tensor(y, dtype=torch.float32)[:, None],
+                                    bce_weight))
     opt = make_optimizer(model, SegmenterConfig())
-    assert train_one_epoch(model, opt, [(x, y)], bce_weight=bce_weight) == pytest.approx(expected, rel=1e-5)
+    got = train_one_epoch(model, opt, [(x, y)], bce_weight=bce_weight, boundary=boundary)
+    assert got == pytest.approx(expected, rel=1e-5)
+    if boundary[0]:
+        assert got != pytest.approx(plain, rel=1e-5)
