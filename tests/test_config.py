@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from lungdr.config import LungdrConfig, dump_config, load_config, to_dict
@@ -20,6 +22,12 @@ def test_partial_yaml_and_overrides(tmp_path):
     assert cfg.svm.C == (1, 2)
     assert cfg.segmenter.epochs == 3
     assert to_dict(cfg)["svm"]["C"] == [1, 2]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_committed_benchmark_configs_load(path):
+    """The quality runs' settings files are read by the same loader, so a renamed or mistyped key fails here."""
+    assert isinstance(load_config(path), LungdrConfig)
 
 
 def test_unknown_key_is_a_clear_error(tmp_path):
