@@ -31,14 +31,16 @@ def run(args: argparse.Namespace) -> int:
     from lungdr.segmentation.evaluation import evaluate_methods
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    seg = None
+    seg = bundle = None
     if "unet" in methods:
+        from lungdr.bundle import open_bundle
         from lungdr.errors import ConfigError
-        from lungdr.segmentation.segmenter import Segmenter
+        from lungdr.segmentation.segmenter import CONFIG, Segmenter
 
         if not args.bundle:
             raise ConfigError("the unet method needs --bundle (or leave it out of --methods)")
-        seg = Segmenter.from_bundle(args.bundle)
+        bundle = open_bundle(args.bundle)  # opened (and verified) once: the weights and, for --val-only, the manifest
+        seg = Segmenter.load(bundle.path(f"segmenter/{CONFIG}").parent)
     variants = None
     if args.stress:
         from lungdr.segmentation.stress import check_variants
@@ -51,10 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
         if seg is None:
             raise ConfigError("--val-only needs --bundle (its training split settings)")
-        from lungdr.bundle import open_bundle
         from lungdr.segmentation.training import is_refit
 
-        if is_refit(open_bundle(args.bundle).manifest):
+        if is_refit(bundle.manifest):
             raise ConfigError("--val-only: this bundle was refit on every human mask, its validation patients "
                               "included; evaluate the validated bundle it names, or this one on other data")
         items = split_items(items, seg.cfg)[1]
