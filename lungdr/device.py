@@ -1,8 +1,12 @@
-"""The torch device for inference and local training: the one asked for, else CUDA when present, else the CPU."""
+"""The torch device for inference and local training (the one asked for, else CUDA when present, else the CPU), and
+the two training speed settings every network shares: bf16 autocast and the channels-last layout."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import torch
+from torch import nn
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -10,3 +14,24 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None and str(device) != "auto":
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def nhwc_format(model: nn.Module) -> torch.memory_format:
+    """The channels-last layout for ``model``'s convolutions: NDHWC for 3-D networks, NHWC otherwise."""
+    return torch.channels_last_3d if any(isinstance(m, nn.Conv3d) for m in model.modules()) else torch.channels_last
+
+
+def training_layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    """``model`` (in place) in the layout it trains in; call before DDP wraps it or an EMA copies it."""
+    return model.to(memory_format=nhwc_format(model)) if channels_last else model
+
+
+def input_layout(x: torch.Tensor, model: nn.Module, channels_last: bool) -> torch.Tensor:
+    """A batch in the layout of a ``training_layout`` model."""
+    return x.contiguous(memory_format=nhwc_format(model)) if channels_last else x
+
+
+def train_autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
+    """The forward pass's autocast: bfloat16 for ``precision`` "bf16" (weights and optimiser stay fp32; take the
+    loss on ``.float()`` outputs), a no-op for "fp32"."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")

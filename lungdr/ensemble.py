@@ -229,8 +229,10 @@ def tta_repredict(classifiers: dict, image: np.ndarray, mask: np.ndarray, rounds
 
 
 def decision_metrics(y_true, decisions: list[Decision]) -> dict:
-    """Fusion metrics: AUC / sensitivity / specificity on the weighted p_abnormal, accuracy over the cases the
-    vote decided (label not None), ``coverage`` = decided share, ``needs_review`` count (by reason)."""
+    """Fusion metrics: ``auc`` ranks the fused p_abnormal of every case; accuracy / sensitivity / specificity count
+    the cases the vote decided (label not None) and ``auc_labelled`` ranks those alone (the selective-prediction
+    figure: how well the labels it gives are ranked); ``coverage`` = decided share, ``needs_review`` count (by
+    reason)."""
     from collections import Counter
 
     from lungdr.metrics import classification_metrics
@@ -243,8 +245,9 @@ def decision_metrics(y_true, decisions: list[Decision]) -> dict:
         labels = np.array([d.label for d in decisions if d.label is not None])
         sub = classification_metrics(y[decided], p[decided], y_pred=labels)
         out.update({k: sub[k] for k in ("accuracy", "sensitivity", "specificity", "tp", "fp", "tn", "fn")})
+        out["auc_labelled"] = sub["auc"]
     else:
-        out.update(accuracy=None, sensitivity=None, specificity=None)
+        out.update(accuracy=None, sensitivity=None, specificity=None, auc_labelled=None)
     out["coverage"] = float(decided.mean()) if len(decided) else None
     out["needs_review"] = int((~decided).sum())
     out["review_reasons"] = dict(Counter(d.review_reason for d in decisions if d.needs_review))

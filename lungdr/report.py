@@ -23,10 +23,11 @@ def metrics_table(metrics: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{_f(m.get('accuracy'))}</td><td>{_f(m.get('auc'))}</td>"
         f"<td>{_f(m.get('sensitivity'))}</td><td>{_f(m.get('specificity'))}</td><td>{m.get('n')}</td>"
-        f"<td>{_f(m.get('coverage')) if 'coverage' in m else ''}</td><td>{m.get('needs_review', '')}</td></tr>"
+        f"<td>{_f(m.get('coverage')) if 'coverage' in m else ''}</td><td>{m.get('needs_review', '')}</td>"
+        f"<td>{_f(m.get('auc_labelled')) if 'auc_labelled' in m else ''}</td></tr>"
         for n, m in metrics.items())
     return ("<table><tr><th>model</th><th>accuracy</th><th>AUC</th><th>sensitivity</th><th>specificity</th>"
-            f"<th>n</th><th>coverage</th><th>needs review</th></tr>{rows}</table>")
+            f"<th>n</th><th>coverage</th><th>needs review</th><th>AUC of the labelled cases</th></tr>{rows}</table>")
 
 
 def stress_table(table: dict) -> str:

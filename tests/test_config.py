@@ -62,6 +62,15 @@ def test_segmenter_boundary_weighting_is_checked(kw):
         SegmenterConfig(**kw)
 
 
+def test_segmenter_training_precision_is_checked():
+    from lungdr.config import SegmenterConfig
+
+    assert SegmenterConfig().train_precision == "fp32" and not SegmenterConfig().channels_last
+    assert SegmenterConfig(train_precision="bf16").train_precision == "bf16"
+    with pytest.raises(ConfigError, match="train_precision"):
+        SegmenterConfig(train_precision="fp16")
+
+
 def test_classifier_view_and_ood_statistics_are_checked_when_read(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("svm:\n  view: square\ncnn3d:\n  view: square\nfusion:\n  ood_statistics: [image]\n")

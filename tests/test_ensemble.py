@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from lungdr.config import FusionConfig
 from lungdr.ensemble import NO_MAJORITY, OUT_OF_DISTRIBUTION, Fusion, decision_metrics, fit_weights
@@ -110,6 +111,11 @@ def test_decision_metrics_count_reviews():
     m = decision_metrics([1, 0, 1, 0], fusion.decide_batch(probs))
     assert m["needs_review"] == 1 and m["coverage"] == 0.75 and m["review_reasons"] == {NO_MAJORITY: 1}
     assert np.isclose(m["accuracy"], 2 / 3) and m["n"] == 4
+    # every case ranked vs the three labelled ones: the undecided abnormal (fused 0.5) sits below the normal at 0.8
+    p = np.array([d.p_abnormal for d in fusion.decide_batch(probs)])
+    assert m["auc"] == pytest.approx(roc_auc_score([1, 0, 1, 0], p))
+    assert m["auc_labelled"] == pytest.approx(roc_auc_score([1, 0, 0], p[[0, 1, 3]]))
+    assert m["auc_labelled"] != pytest.approx(m["auc"])
 
 
 def test_calibration_is_applied_before_the_vote_and_saved(tmp_path):

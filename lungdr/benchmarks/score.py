@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 

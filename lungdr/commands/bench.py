@@ -10,7 +10,7 @@ import sys
 
 from lungdr.config import TOPOLOGIES
 
-BENCHMARKS = ("ingest", "segment", "train", "score", "serve", "cluster")
+BENCHMARKS = ("ingest", "segment", "train", "train_speed", "score", "serve", "cluster")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", default=None, help="model bundle (segment/score/serve)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=None, help="also write the JSON here")
-    p.add_argument("--device", default="auto", help="segment: cpu | cuda | auto (cuda when available)")
+    p.add_argument("--device", default="auto", help="segment, train_speed: cpu | cuda | auto (cuda when available)")
     p.add_argument("--batch-size", type=int, default=None, help="segment: images per forward pass (default 16)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="segment: U-Net autocast")
     p.add_argument("--channels-last", action="store_true", help="segment: channels_last memory format")

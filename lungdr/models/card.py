@@ -32,6 +32,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
     grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
     augmented = "cnn3d" in classifiers and classifiers["cnn3d"].cfg.augment
     squared = [n for n, c in classifiers.items() if c.cfg.view == "square"]
+    bf16 = [n for n, c in classifiers.items() if getattr(c.cfg, "train_precision", "fp32") == "bf16"]
     rows = "\n".join(
         f"| {n} | {_f(m.get('accuracy'))} | {_f(m.get('auc'))} | {_f(m.get('sensitivity'))} | "
         f"{_f(m.get('specificity'))} | {m.get('n')} |" for n, m in metrics.items())
@@ -51,6 +52,8 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         + (" after pre-training on synthetic CT phantoms." if training_data.get("ct") else "."),
         *([f"- Classifiers seeing the film stretched to the full square (letterbox bars dropped): "
            f"{', '.join(squared)}."] if squared else []),
+        *([f"- Trained with bfloat16-autocast forward passes (weights, loss and validation fp32): "
+           f"{', '.join(bf16)}."] if bf16 else []),
         f"- Lung segmenter: {'U-Net (segmenter/)' if has_segmenter else 'NONE in this bundle (masks came from the corpus)'}.",
         f"- Fusion weights (validation accuracy log-odds): {json.dumps({k: round(v, 3) for k, v in weights.items()})}",
         "- Each model's p_abnormal is Platt-calibrated on the validation split before the vote; the fused "
@@ -64,7 +67,8 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         "", "## Validation metrics (patient-disjoint split)", "",
         "| model | accuracy | AUC | sensitivity | specificity | n |", "|---|---|---|---|---|---|", rows, "",
         f"Fusion accuracy counts decided cases only; coverage {_f(metrics.get('fusion', {}).get('coverage'))}, "
-        f"needs_review {metrics.get('fusion', {}).get('needs_review')}.", "",
+        f"needs_review {metrics.get('fusion', {}).get('needs_review')}, AUC of the decided cases "
+        f"{_f(metrics.get('fusion', {}).get('auc_labelled'))}.", "",
         "## Training data", "```json", json.dumps(training_data, indent=2, default=str), "```", "",
         "## Caveats", *[f"- {c}" for c in caveats], "",
     ]

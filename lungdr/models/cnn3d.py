@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
 from torch import nn
 
 from lungdr.config import CNN3DConfig

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lungdr.config import check_lr_schedule
-from lungdr.device import pick_device
+from lungdr.device import input_layout, pick_device, train_autocast, training_layout
 from lungdr.errors import BundleError
 from lungdr.models.base import (
     Classifier, NotFittedError, check_images, check_labels, read_config, write_config,
@@ -85,20 +85,37 @@ def set_epoch_lr(optimizer, cfg, epoch: int, epochs: int) -> float:
     return lr
 
 
-def train_epoch(model: nn.Module, optimizer, batches, device) -> float:
-    """One pass over ``batches`` (iterable of ``(x, y)`` tensors or arrays); returns the mean loss."""
+def _fp32(output):
+    """Network output (a tensor or Inception's ``(logits, aux)``) as fp32, for a loss taken outside autocast."""
+    if isinstance(output, tuple):
+        return tuple(None if o is None else o.float() for o in output)
+    return output.float()
+
+
+def train_epoch(model: nn.Module, optimizer, batches, device, precision: str = "fp32",
+                channels_last: bool = False) -> float:
+    """One pass over ``batches`` (iterable of ``(x, y)`` tensors or arrays); returns the mean loss. ``precision``
+    "bf16" runs the forward pass under bfloat16 autocast (weights, loss and optimiser stay fp32); ``channels_last``
+    feeds channels-last inputs (the model should be in that layout: ``training_layout``)."""
     set_train_mode(model)
     total, count = 0.0, 0
     for x, y in batches:
-        x = torch.as_tensor(x, dtype=torch.float32).to(device)
+        x = input_layout(torch.as_tensor(x, dtype=torch.float32).to(device), model, channels_last)
         y = torch.tensor(np.asarray(y), dtype=torch.long).to(device)  # a copy: Ray hands out read-only arrays
         optimizer.zero_grad()
-        loss = classification_loss(model(x), y)
+        with train_autocast(device, precision):
+            output = model(x)
+        loss = classification_loss(_fp32(output), y)
         loss.backward()
         optimizer.step()
         total += float(loss.detach()) * len(y)
         count += len(y)
     return total / max(count, 1)
+
+
+def step_options(cfg) -> dict:
+    """The keyword arguments of ``train_epoch`` a classifier config sets."""
+    return {"precision": cfg.train_precision, "channels_last": cfg.channels_last}
 
 
 def array_batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -149,7 +166,7 @@ def embed(model: nn.Module, x: np.ndarray, batch_size: int, device) -> np.ndarra
 
 def state_dict_bytes(model: nn.Module) -> bytes:
     buf = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in _unwrap(model).state_dict().items()}, buf)
+    torch.save({k: v.cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}, buf)  # any training layout
     return buf.getvalue()
 
 
@@ -212,12 +229,12 @@ class TorchClassifier(Classifier):
         returns the loss."""
         if self.model is None:
             seed_everything(self.cfg.seed)
-            self.model = self.build().to(self.device)
+            self.model = training_layout(self.build().to(self.device), self.cfg.channels_last)
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.cfg.lr)
         set_lr(self._optimizer, self.cfg.lr if lr is None else lr)
         batches = array_batches(x, y, self.cfg.batch_size, self._rng, self.augment_fn())
-        loss = train_epoch(self.model, self._optimizer, batches, self.device)
+        loss = train_epoch(self.model, self._optimizer, batches, self.device, **step_options(self.cfg))
         self.history.append(loss)
         return loss
 

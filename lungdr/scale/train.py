@@ -124,7 +124,8 @@ def network_loop(config: dict) -> None:
     from sklearn.metrics import roc_auc_score
     import torch
 
-    from lungdr.models.torchnet import predict, seed_everything, set_epoch_lr, state_dict_bytes, train_epoch
+    from lungdr.device import training_layout
+    from lungdr.models.torchnet import predict, seed_everything, set_epoch_lr, state_dict_bytes, step_options, train_epoch
 
     name = config["name"]
     cls = classifier_class(name)
@@ -132,7 +133,7 @@ def network_loop(config: dict) -> None:
     device = get_device()
     clf = cls(cfg, device=str(device))
     seed_everything(cfg.seed)
-    model = prepare_model(clf.build())
+    model = prepare_model(training_layout(clf.build().to(device), cfg.channels_last))
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     rank = ray.train.get_context().get_world_rank()
     rng = np.random.default_rng(cfg.seed + rank)
@@ -142,7 +143,8 @@ def network_loop(config: dict) -> None:
         ct = ray.train.get_dataset_shard("ct")
         for epoch in range(config["ct_epochs"]):
             set_epoch_lr(optimizer, cfg, epoch, config["ct_epochs"])
-            ct_losses.append(train_epoch(model, optimizer, _shard_batches(ct, cfg.batch_size, rng=rng), device))
+            ct_losses.append(train_epoch(model, optimizer, _shard_batches(ct, cfg.batch_size, rng=rng), device,
+                                         **step_options(cfg)))
     history = []
     for epoch in range(cfg.epochs):
         threads = elastic_threads(config.get("cpus", 1.0)) if device.type == "cpu" else None
@@ -150,7 +152,7 @@ def network_loop(config: dict) -> None:
             torch.set_num_threads(threads)  # re-checked every epoch: CPUs freed by a finished trainer get used
         lr = set_epoch_lr(optimizer, cfg, epoch, cfg.epochs)
         batches = _shard_batches(ray.train.get_dataset_shard("train"), cfg.batch_size, clf.augment_fn(), rng)
-        loss = train_epoch(model, optimizer, batches, device)
+        loss = train_epoch(model, optimizer, batches, device, **step_options(cfg))
         p = predict(model, val["x"], cfg.batch_size, device)[:, 1]
         auc = float(roc_auc_score(val["y"], p)) if len(set(val["y"].tolist())) == 2 else None
         acc = float(np.mean((p >= 0.5) == val["y"])) if len(p) else None

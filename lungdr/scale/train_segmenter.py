@@ -118,7 +118,8 @@ def train_loop_per_worker(config: dict) -> None:
     from ray.train.torch import get_device, prepare_model
 
     from lungdr.augment import PairedAugment
-    from lungdr.segmentation.training import EpochMix, evaluate, loss_boundary, make_ema, train_one_epoch
+    from lungdr.device import training_layout
+    from lungdr.segmentation.training import EpochMix, evaluate, make_ema, step_options, train_one_epoch
     from lungdr.segmentation.unet import build_unet, make_optimizer, make_scheduler
 
     cfg = from_dict(SegmenterConfig, config["segmenter"])
@@ -128,6 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_unet(cfg)
     if config.get("init_state") is not None:  # pre-trained start (a restored checkpoint overrides it below)
         model.load_state_dict(config["init_state"])
+    model = training_layout(model, cfg.channels_last)
     ema = make_ema(model, cfg)
     state = load_checkpoint_state(config)
     start_epoch, best, history, best_model = 0, -1.0, [], None
@@ -160,7 +162,7 @@ def train_loop_per_worker(config: dict) -> None:
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         batches = mix.batches(cfg.batch_size, rng, augment) if mix is not None else \
             _numpy_batches(train_shard, cfg.batch_size, augment, rng, config.get("shuffle_buffer"))
-        loss = train_one_epoch(model, optimizer, batches, device, ema, cfg.bce_weight, loss_boundary(cfg))
+        loss = train_one_epoch(model, optimizer, batches, device, ema, **step_options(cfg))
         scheduler.step()
         # Rank 0 validates on the whole (unsplit) val set, with the unwrapped module (DDP's forward is a collective);
         # an equal split across workers could drop up to world_size - 1 validation images.

@@ -121,7 +121,7 @@ class Segmenter:
         """Write ``unet.pt`` (state dict) and ``config.json``; returns ``{name: path}`` for a bundle."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}  # any training layout
         torch.save(state, d / WEIGHTS)
         (d / CONFIG).write_text(json.dumps(self.config_dict(), indent=2))
         return {WEIGHTS: d / WEIGHTS, CONFIG: d / CONFIG}

@@ -184,9 +184,11 @@ def boundary_weight_map(masks: np.ndarray, weight: float, sigma: float) -> np.nd
     return out
 
 
-def loss_boundary(cfg: SegmenterConfig) -> tuple[float, float]:
-    """``(boundary_weight, boundary_sigma)`` of a config, as ``train_one_epoch`` takes them."""
-    return cfg.boundary_weight, cfg.boundary_sigma
+def step_options(cfg: SegmenterConfig) -> dict:
+    """The keyword arguments of ``train_one_epoch`` that a config sets (loss and compute settings)."""
+    return {"bce_weight": cfg.bce_weight, "boundary": (cfg.boundary_weight, cfg.boundary_sigma),
+            "precision": cfg.train_precision, "channels_last": cfg.channels_last}
+
 
 
 def make_ema(model: torch.nn.Module, cfg: SegmenterConfig) -> WeightEMA | None:
@@ -195,18 +197,26 @@ def make_ema(model: torch.nn.Module, cfg: SegmenterConfig) -> WeightEMA | None:
 
 def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
                     device: torch.device | str = "cpu", ema: WeightEMA | None = None, bce_weight: float = 0.5,
-                    boundary: tuple[float, float] = (0.0, 5.0)) -> float:
+                    boundary: tuple[float, float] = (0.0, 5.0), precision: str = "fp32",
+                    channels_last: bool = False) -> float:
     """One pass of Dice+BCE optimisation (updating ``ema`` after each step); returns the mean training loss.
-    ``boundary`` = (weight, sigma) of ``boundary_weight_map`` for the BCE term (weight 0: plain BCE)."""
+    ``boundary`` = (weight, sigma) of ``boundary_weight_map`` for the BCE term (weight 0: plain BCE); ``precision``
+    "bf16" runs the forward pass under bfloat16 autocast (the loss is taken in fp32); ``channels_last`` feeds NHWC
+    inputs (the model should be in that layout: ``lungdr.device.training_layout``)."""
+    from lungdr.device import input_layout, train_autocast
+
     model.train()
     total, n = 0.0, 0
     for batch in batches:
         x, y = _tensors(batch, torch.device(device))
+        x = input_layout(x, model, channels_last)
         w = None
         if boundary[0] > 0:
             w = torch.as_tensor(boundary_weight_map(np.asarray(batch[1]), *boundary)).unsqueeze(1).to(x.device)
         optimizer.zero_grad(set_to_none=True)
-        loss = dice_bce_loss(model(x), y, bce_weight, pixel_weight=w)
+        with train_autocast(device, precision):
+            logits = model(x)
+        loss = dice_bce_loss(logits.float(), y, bce_weight, pixel_weight=w)
         loss.backward()
         optimizer.step()
         if ema is not None:
@@ -255,6 +265,7 @@ def fit_local(
     """Single-process training loop; returns ``(Segmenter with the best-validation weights, history)``. ``pseudo``
     (pseudo-masked images) joins each epoch as ``cfg.pseudo_per_epoch`` fresh draws (all when 0)."""
     from lungdr.augment import PairedAugment
+    from lungdr.device import training_layout
     from lungdr.segmentation.pretrain import init_unet
     from lungdr.segmentation.segmenter import Segmenter
     from lungdr.segmentation.unet import make_optimizer, make_scheduler
@@ -262,6 +273,7 @@ def fit_local(
     seg = Segmenter(cfg=cfg, preprocess=pre or PreprocessConfig(size=cfg.size), device=device, seed=cfg.seed)
     model, dev = seg.model, seg.device
     init_unet(model, cfg)
+    training_layout(model, cfg.channels_last)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     augment = PairedAugment(augment_cfg) if augment_cfg is not None else None
@@ -272,8 +284,8 @@ def fit_local(
     history, best, best_state = [], -1.0, None
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        loss = train_one_epoch(model, optimizer, mix.batches(cfg.batch_size, rng, augment), dev, ema, cfg.bce_weight,
-                               loss_boundary(cfg))
+        loss = train_one_epoch(model, optimizer, mix.batches(cfg.batch_size, rng, augment), dev, ema,
+                               **step_options(cfg))
         scheduler.step()
         metrics = evaluate(shipped, iterate_batches(*val, cfg.batch_size), dev, cfg.threshold)
         rec = {"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in metrics.items()},
@@ -365,7 +377,8 @@ def model_card(cfg: SegmenterConfig, metrics: dict, training_data: dict, size_by
         f"U-Net (23 convolutions, base width {cfg.base}, batch norm {'on' if cfg.batch_norm else 'off'}) "
         f"trained at {cfg.size} x {cfg.size} px with Dice + BCE"
         + (f" (BCE border-weighted: w0 {cfg.boundary_weight}, sigma {cfg.boundary_sigma} px)" if cfg.boundary_weight else "")
-        + f", optimizer {cfg.optimizer} (lr {cfg.lr}).",
+        + f", optimizer {cfg.optimizer} (lr {cfg.lr}), {cfg.epochs} epochs"
+        + (", forward passes in bfloat16 autocast (weights fp32)" if cfg.train_precision == "bf16" else "") + ".",
         "",
         "## Intended use",
         "Lung-field masks on frontal chest radiographs as the first stage of lungdr. Not a diagnostic device.",

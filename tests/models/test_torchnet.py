@@ -44,3 +44,40 @@ def test_fit_runs_the_schedule_over_its_epochs():
     # a second fit (e.g. DR after CT pre-training) starts its own schedule at the base rate
     clf.fit_arrays(clf.inputs(images, masks), y, 1)
     assert clf._optimizer.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("name", ["cnn3d", "transfer"])
+def test_bf16_nhwc_training_takes_the_same_steps_and_saves_plain_fp32_weights(name, tmp_path):
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from lungdr.device import nhwc_format
+    from lungdr.models import load_classifier
+    from lungdr.models.transfer import InceptionTransfer
+
+    cls, cfg = {"cnn3d": (CNN3D, CNN3DConfig(depth=3, size=32, epochs=1, batch_size=8)),
+                "transfer": (InceptionTransfer, TransferConfig(input_size=75, weights="none", freeze_first=13,
+                                                               finetune_last=3, epochs=1, batch_size=8,
+                                                               augment=False))}[name]
+    images, masks, y = phantom_set(16, 48, seed=1)
+    plain = cls(cfg).fit(images, masks, y)
+    fast = cls(dataclasses.replace(cfg, train_precision="bf16", channels_last=True)).fit(images, masks, y)
+    # bf16 rounds the activations: the same steps within a few % (random-init Inception's train-mode logits, dropout
+    # and 90 layers deep, move ~10 %)
+    assert fast.history[0] == pytest.approx(plain.history[0], rel=0.05 if name == "cnn3d" else 0.2)
+    conv = next(m for m in fast.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and m.in_channels > 1)
+    assert conv.weight.dtype == torch.float32 and conv.weight.is_contiguous(memory_format=nhwc_format(fast.model))
+    fast.save(tmp_path / "m")
+    state = torch.load(tmp_path / "m" / "model.pt", weights_only=True)
+    assert all(v.is_contiguous() and v.dtype in (torch.float32, torch.int64) for v in state.values())
+    loaded = load_classifier(tmp_path / "m")
+    assert loaded.cfg.train_precision == "bf16"
+    np.testing.assert_allclose(loaded.predict_proba(images, masks), fast.predict_proba(images, masks), atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [TransferConfig, CNN3DConfig])
+def test_unknown_training_precision_is_refused(cls):
+    with pytest.raises(ConfigError, match="train_precision"):
+        cls(train_precision="fp16")

@@ -14,7 +14,8 @@ TINY = LungdrConfig(
     svm=SVMConfig(feature_size=48, C=(1.0, 10.0), cv_folds=3),
     transfer=TransferConfig(input_size=75, weights="none", freeze_first=15, finetune_last=1, epochs=2,
                             batch_size=8, augment=True),
-    cnn3d=CNN3DConfig(depth=3, size=24, ct_shape=(8, 24, 24), epochs=2, batch_size=8, lr_schedule="cosine"),
+    cnn3d=CNN3DConfig(depth=3, size=24, ct_shape=(8, 24, 24), epochs=2, batch_size=8, lr_schedule="cosine",
+                      train_precision="bf16", channels_last=True),  # the workers' speed settings (C2 stays fp32)
     fusion=FusionConfig(ood_quantile=0.95),
 )
 
@@ -36,6 +37,9 @@ def test_parallel_training_writes_a_verified_bundle(ray_session, tmp_path):
         assert set(m["metrics"][name]) >= {"accuracy", "auc", "sensitivity", "specificity", "n"}
     assert m["classifiers"]["transfer"]["pretrained"] is False
     assert m["classifiers"]["cnn3d"]["ct_sources"] and len(m["classifiers"]["cnn3d"]["ct_history"]) == 1
+    c3 = json.loads(bundle.path("classifiers/cnn3d/config.json").read_text())["config"]
+    assert c3["train_precision"] == "bf16" and c3["channels_last"]
+    assert "bfloat16-autocast forward passes (weights, loss and validation fp32): cnn3d." in bundle.card()
     assert m["training_data"]["train"] + m["training_data"]["val"] == 40 and m["training_data"]["ct"]["labelled_volumes"] == 4
     assert "coverage" in m["metrics"]["fusion"] and m["metrics"]["fusion"]["n"] == m["training_data"]["val"]
     fusion = json.loads((bundle.root / "fusion.json").read_text())

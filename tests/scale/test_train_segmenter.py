@@ -82,7 +82,8 @@ def test_pseudo_masks_drawn_afresh_each_epoch_across_ddp_workers(ray_session, ph
     unmasked = [{"id": f"x-{i.id}", "uri": i.uri, "patient": f"x-{i.patient}"} for i in load_corpus(str(extra))]
     make_pseudo_labels(unmasked, str(tmp_path / "pseudo"), teacher)
     cfg = SegmenterConfig(size=32, base=4, epochs=2, batch_size=2, val_fraction=0.25, pseudo_per_epoch=3,
-                          pseudo_label_min_quality=0.0, boundary_weight=10.0)  # the workers weight the BCE too
+                          pseudo_label_min_quality=0.0, boundary_weight=10.0,  # the workers weight the BCE too
+                          train_precision="bf16", channels_last=True)  # and take the speed settings (DDP over NHWC)
     result = train_segmenter(phantom_corpus, str(tmp_path / "b"), cfg, augment=AugmentConfig(), workers=2,
                              cpus_per_worker=0.5, name="seg-pseudo", storage=str(tmp_path / "runs"),
                              pseudo_labels=str(tmp_path / "pseudo"))
@@ -91,6 +92,9 @@ def test_pseudo_masks_drawn_afresh_each_epoch_across_ddp_workers(ray_session, ph
     td = bundle.manifest["training_data"]
     assert td["pseudo_masks_train"] == 7 and td["pseudo_masks_per_epoch"] == 3 and td["human_masks_train"] == 8
     assert bundle.manifest["segmenter"]["boundary_weight"] == 10.0 and "border-weighted: w0 10.0" in bundle.card()
+    assert bundle.manifest["segmenter"]["train_precision"] == "bf16" and "bfloat16 autocast" in bundle.card()
+    state = torch.load(bundle.path("segmenter/unet.pt"), weights_only=True)
+    assert all(v.is_contiguous() and v.dtype in (torch.float32, torch.int64) for v in state.values())
 
 
 def test_unreadable_images_never_reach_the_trainer(ray_session, tmp_path):

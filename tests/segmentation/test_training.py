@@ -72,6 +72,22 @@ def test_fit_local_with_ema_ships_the_validated_weights():
     assert any(not torch.equal(a, b) for a, b in zip(seg.model.state_dict().values(), plain.model.state_dict().values()))
 
 
+def test_fit_local_in_bf16_and_nhwc_learns_and_saves_plain_fp32_weights(tmp_path):
+    from lungdr.segmentation.segmenter import Segmenter
+
+    cfg = SegmenterConfig(size=32, base=4, epochs=4, batch_size=4, lr=3e-3, seed=0, train_precision="bf16",
+                          channels_last=True)
+    train, val = _phantoms(8, 32, 0), _phantoms(4, 32, 100)
+    seg, history = fit_local(train, val, cfg, PreprocessConfig(size=32), augment_cfg=None, device="cpu")
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    seg.save(tmp_path)
+    state = torch.load(tmp_path / "unet.pt", weights_only=True)
+    assert all(v.is_contiguous() and (v.dtype == torch.float32 or "num_batches" in k) for k, v in state.items())
+    again = Segmenter.load(tmp_path, device="cpu")  # loads into a plain (NCHW, fp32) U-Net, predicts the same
+    assert np.allclose(again.probabilities(val[0]), seg.probabilities(val[0]), atol=1e-5)
+    assert again.cfg.train_precision == "bf16" and again.cfg.channels_last
+
+
 def test_epoch_order_takes_every_human_row_and_fresh_pseudo_draws():
     from lungdr.segmentation.training import epoch_order
 

@@ -124,3 +124,32 @@ def test_train_one_epoch_uses_the_configured_loss(bce_weight, boundary):
     assert got == pytest.approx(expected, rel=1e-5)
     if boundary[0]:
         assert got != pytest.approx(plain, rel=1e-5)
+
+
+@pytest.mark.parametrize("precision,channels_last", [("bf16", False), ("fp32", True), ("bf16", True)])
+def test_train_one_epoch_in_bf16_or_nhwc_takes_the_fp32_loss_and_keeps_fp32_weights(precision, channels_last):
+    from lungdr.device import training_layout
+    from lungdr.segmentation.training import train_one_epoch
+
+    x = np.random.default_rng(1).random((2, 32, 32), dtype=np.float32)
+    y = (x > 0.5).astype(np.uint8)
+    cfg = SegmenterConfig(train_precision=precision, channels_last=channels_last)
+    losses, states = [], []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = training_layout(UNet(base=4), channels_last) if fast else UNet(base=4)
+        opt = make_optimizer(model, cfg)
+        kw = {"precision": precision, "channels_last": channels_last} if fast else {}
+        losses.append(train_one_epoch(model, opt, [(x, y)], **kw))
+        states.append(model.state_dict())
+    # the same step: bf16 rounds the activations (~3 significant digits), NHWC only reorders the sums
+    assert losses[1] == pytest.approx(losses[0], rel=2e-3 if precision == "bf16" else 1e-5)
+    assert all(v.dtype == torch.float32 for k, v in states[1].items() if "num_batches" not in k)
+    conv = states[1]["down.1.0.weight"]  # NCHW and NHWC differ only where there are channels
+    assert conv.shape[1] > 1 and conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+    weights = [(a, b) for (k, a), b in zip(states[0].items(), states[1].values()) if a.is_floating_point()]
+    off = sum(int((a - b).abs().gt(1e-5).sum()) for a, b in weights) / sum(a.numel() for a, _ in weights)
+    if precision == "fp32":
+        assert off < 0.01  # NHWC alone: the same step (Adam's first step can flip only where a gradient is ~0)
+    else:
+        assert off > 0.01  # bf16 rounds the activations: a slightly different step
