@@ -26,9 +26,9 @@ def training_layout(model: nn.Module, channels_last: bool) -> nn.Module:
     return model.to(memory_format=nhwc_format(model)) if channels_last else model
 
 
-def input_layout(x: torch.Tensor, model: nn.Module, channels_last: bool) -> torch.Tensor:
-    """A batch in the layout of a ``training_layout`` model."""
-    return x.contiguous(memory_format=nhwc_format(model)) if channels_last else x
+def input_format(model: nn.Module, channels_last: bool) -> torch.memory_format:
+    """The memory format of the batches a ``training_layout`` model takes (look it up once per epoch)."""
+    return nhwc_format(model) if channels_last else torch.contiguous_format
 
 
 def train_autocast(device: torch.device | str, precision: str) -> AbstractContextManager:

@@ -75,14 +75,12 @@ def _device(model):
 
 def step_seconds(name: str, precision: str, channels_last: bool, steps: int, device: str, size: int = 256) -> dict:
     """Seconds per training step of network ``name`` (after one warm-up step) and the last step's loss."""
-    import copy
-
     import torch
 
     from lungdr.device import training_layout
 
     model, batch, train = _network(name, size)
-    model = training_layout(copy.deepcopy(model).to(device), channels_last)
+    model = training_layout(model.to(device), channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     loss = train(model, optimizer, batch, precision, channels_last)
     if device.startswith("cuda"):

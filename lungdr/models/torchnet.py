@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lungdr.config import check_lr_schedule
-from lungdr.device import input_layout, pick_device, train_autocast, training_layout
+from lungdr.device import input_format, pick_device, train_autocast, training_layout
 from lungdr.errors import BundleError
 from lungdr.models.base import (
     Classifier, NotFittedError, check_images, check_labels, read_config, write_config,
@@ -98,9 +98,10 @@ def train_epoch(model: nn.Module, optimizer, batches, device, precision: str = "
     "bf16" runs the forward pass under bfloat16 autocast (weights, loss and optimiser stay fp32); ``channels_last``
     feeds channels-last inputs (the model should be in that layout: ``training_layout``)."""
     set_train_mode(model)
+    fmt = input_format(model, channels_last)
     total, count = 0.0, 0
     for x, y in batches:
-        x = input_layout(torch.as_tensor(x, dtype=torch.float32).to(device), model, channels_last)
+        x = torch.as_tensor(x, dtype=torch.float32).to(device).contiguous(memory_format=fmt)
         y = torch.tensor(np.asarray(y), dtype=torch.long).to(device)  # a copy: Ray hands out read-only arrays
         optimizer.zero_grad()
         with train_autocast(device, precision):

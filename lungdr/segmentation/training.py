@@ -190,7 +190,6 @@ def step_options(cfg: SegmenterConfig) -> dict:
             "precision": cfg.train_precision, "channels_last": cfg.channels_last}
 
 
-
 def make_ema(model: torch.nn.Module, cfg: SegmenterConfig) -> WeightEMA | None:
     return WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
@@ -203,13 +202,14 @@ def train_one_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
     ``boundary`` = (weight, sigma) of ``boundary_weight_map`` for the BCE term (weight 0: plain BCE); ``precision``
     "bf16" runs the forward pass under bfloat16 autocast (the loss is taken in fp32); ``channels_last`` feeds NHWC
     inputs (the model should be in that layout: ``lungdr.device.training_layout``)."""
-    from lungdr.device import input_layout, train_autocast
+    from lungdr.device import input_format, train_autocast
 
     model.train()
+    fmt = input_format(model, channels_last)
     total, n = 0.0, 0
     for batch in batches:
         x, y = _tensors(batch, torch.device(device))
-        x = input_layout(x, model, channels_last)
+        x = x.contiguous(memory_format=fmt)
         w = None
         if boundary[0] > 0:
             w = torch.as_tensor(boundary_weight_map(np.asarray(batch[1]), *boundary)).unsqueeze(1).to(x.device)
