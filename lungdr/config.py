@@ -119,6 +119,27 @@ def check_view(view: str) -> None:
         raise ConfigError(f"view must be one of {VIEWS}, got {view!r}")
 
 
+def gamma_factor(choice: str | float) -> float | None:
+    """An ``svm.gamma`` entry as a multiple of scikit-learn's "scale" ("scale" -> 1, "scale*F" -> F), or None for
+    an absolute number; anything else is a ConfigError."""
+    if isinstance(choice, str):
+        head, _, factor = choice.replace(" ", "").partition("*")
+        try:
+            value = float(factor) if factor else 1.0
+        except ValueError:
+            value = -1.0
+        if head != "scale" or (_ and not factor) or not value > 0:
+            raise ConfigError(f'svm.gamma entries are "scale", "scale*F" (F > 0) or a positive number, got {choice!r}')
+        return value
+    try:
+        ok = not isinstance(choice, bool) and float(choice) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f'svm.gamma entries are "scale", "scale*F" (F > 0) or a positive number, got {choice!r}')
+    return None
+
+
 @dataclass(frozen=True)
 class SVMConfig:
     orientations: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)
@@ -128,7 +149,7 @@ class SVMConfig:
     hist_bins: int = 16  # > 0: append the lung-intensity histogram with this many bins
     context_grid: int = 6  # > 0: append mask-free whole-image texture and a grid x grid map of it (0: lung field only)
     C: tuple[float, ...] = (1.0, 10.0, 100.0)
-    gamma: tuple[str | float, ...] = ("scale",)
+    gamma: tuple[str | float, ...] = ("scale*0.5", "scale", "scale*2")  # x sklearn "scale", or absolute; CV picks
     pca: tuple[float, ...] = (0.95,)  # fraction of variance (float < 1) or component count
     cv_folds: int = 10
     view: str = "letterbox"  # "square": the film stretched to fill the square, letterbox bars dropped
@@ -136,6 +157,8 @@ class SVMConfig:
 
     def __post_init__(self):
         check_view(self.view)
+        for choice in self.gamma:
+            gamma_factor(choice)
         if self.context_grid < 0 or self.context_grid * 4 > self.feature_size:
             raise ConfigError(f"svm.context_grid must be 0 or a grid of cells of at least 4 px on the "
                               f"{self.feature_size} px feature image, got {self.context_grid}")

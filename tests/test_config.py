@@ -53,6 +53,18 @@ def test_svm_context_grid_must_fit_the_feature_image():
         SVMConfig(context_grid=-1)
 
 
+def test_svm_gamma_entries_are_scale_multiples_or_numbers(tmp_path):
+    from lungdr.config import SVMConfig, gamma_factor
+
+    assert [gamma_factor(g) for g in ("scale", "scale*0.5", "scale * 2", 1e-3)] == [1.0, 0.5, 2.0, None]
+    path = tmp_path / "c.yaml"
+    path.write_text('svm:\n  gamma: ["scale*0.5", scale, 0.002]\n')
+    assert load_config(path).svm.gamma == ("scale*0.5", "scale", 0.002)
+    for bad in ("auto", "scale*", "scale*0", "scale*-1", "2*scale", 0, -1e-3, True, None):
+        with pytest.raises(ConfigError, match="svm.gamma"):
+            SVMConfig(gamma=("scale", bad))
+
+
 @pytest.mark.parametrize("kw", [{"boundary_weight": -1.0}, {"boundary_sigma": 0.0}])
 def test_segmenter_boundary_weighting_is_checked(kw):
     from lungdr.config import SegmenterConfig

@@ -2,11 +2,14 @@
 (``CalibratedClassifierCV``, calibration fitted on out-of-fold decision values).
 
 Hyper-parameters (``C``, ``gamma``, PCA size from ``SVMConfig``) are chosen by cross-validation grouped by
-patient, so images of one patient never sit on both sides of a fold.
+patient, so images of one patient never sit on both sides of a fold. ``gamma`` entries are ``"scale"`` (scikit-learn's
+``1 / (n_features * X.var())`` of the data the SVM sees), ``"scale*F"`` (F times that) or an absolute number; the
+relative form means the same kernel width whatever PCA size the grid pairs it with.
 """
 
 from __future__ import annotations
 
+from numbers import Real
 from pathlib import Path
 
 import joblib
@@ -18,7 +21,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from lungdr.config import SVMConfig, from_dict, to_dict
+from lungdr.config import SVMConfig, from_dict, gamma_factor, to_dict
 from lungdr.features.gabor import svm_features
 from lungdr.models.base import (
     Classifier, ModelInputError, NotFittedError, check_images, check_labels, read_config, write_config,
@@ -51,6 +54,26 @@ def make_cv(y: np.ndarray, groups, folds: int):
     return StratifiedKFold(n_splits=k, shuffle=True, random_state=0), k
 
 
+class RelativeGammaSVC(SVC):
+    """RBF SVC whose ``gamma_choice`` ("scale", "scale*F" or a number) is resolved on the data it is fitted on."""
+
+    _parameter_constraints = {**SVC._parameter_constraints, "gamma_choice": [str, Real]}
+
+    def __init__(self, *, C: float = 1.0, gamma_choice: str | float = "scale", class_weight=None):
+        super().__init__(kernel="rbf", C=C, class_weight=class_weight)
+        self.gamma_choice = gamma_choice
+
+    def fit(self, X, y, sample_weight=None):
+        factor = gamma_factor(self.gamma_choice)
+        if factor is None:
+            self.gamma = float(self.gamma_choice)
+        else:
+            X = np.asarray(X, dtype=np.float64)
+            spread = X.shape[1] * X.var()
+            self.gamma = factor / spread if spread > 0 else factor
+        return super().fit(X, y, sample_weight)
+
+
 class GaborSVM(Classifier):
     name = "svm"
     config_cls = SVMConfig
@@ -78,19 +101,21 @@ class GaborSVM(Classifier):
         pipe = Pipeline([
             ("scale", StandardScaler()),
             ("pca", PCA(svd_solver="full", random_state=self.cfg.seed)),
-            ("svc", CalibratedClassifierCV(SVC(kernel="rbf", class_weight="balanced"), method="sigmoid",
+            ("svc", CalibratedClassifierCV(RelativeGammaSVC(class_weight="balanced"), method="sigmoid",
                                            cv=2 if smallest < 6 else 3, ensemble=False)),
         ])
         grid = {
             "pca__n_components": _pca_grid(self.cfg.pca, n_train, X.shape[1]),
             "svc__estimator__C": [float(c) for c in self.cfg.C],
-            "svc__estimator__gamma": [g if isinstance(g, str) else float(g) for g in self.cfg.gamma],
+            "svc__estimator__gamma_choice": [g if isinstance(g, str) else float(g) for g in self.cfg.gamma],
         }
         search = GridSearchCV(pipe, grid, cv=cv, scoring="roc_auc", refit=True, n_jobs=1, error_score="raise")
         search.fit(X, y, groups=groups)
         self.pipeline = search.best_estimator_
         self.cv_results = {
-            "best_params": {k.split("__")[-1]: (v if isinstance(v, str) else float(v)) for k, v in search.best_params_.items()},
+            "best_params": {k.split("__")[-1].replace("gamma_choice", "gamma"): (v if isinstance(v, str) else float(v))
+                            for k, v in search.best_params_.items()},
+            "gamma_value": float(search.best_estimator_[-1].calibrated_classifiers_[0].estimator.gamma),
             "best_auc": float(search.best_score_),
             "folds": k,
         }

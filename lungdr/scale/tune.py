@@ -21,7 +21,9 @@ from lungdr.models import CLASSIFIER_NAMES, classifier_class
 
 def search_space(name: str) -> dict:
     if name == "svm":
-        return {"C": tune.loguniform(0.1, 1000.0), "gamma": tune.loguniform(1e-4, 1e-1),
+        # gamma as a multiple of scikit-learn's "scale" (1 / (n_features * var) of the PCA output): one range fits
+        # every feature size and PCA size, where an absolute range would not
+        return {"C": tune.loguniform(0.1, 1000.0), "gamma_scale": tune.loguniform(0.1, 10.0),
                 "pca": tune.choice([0.9, 0.95, 0.99, 16, 32])}
     if name == "transfer":
         return {"lr": tune.loguniform(1e-5, 1e-2), "freeze_first": tune.randint(0, 17),
@@ -34,7 +36,7 @@ def search_space(name: str) -> dict:
 def apply_trial(cfg, name: str, params: dict):
     """The classifier config with one trial's parameters (SVM grids collapse to the single value)."""
     if name == "svm":
-        return dataclasses.replace(cfg, C=(float(params["C"]),), gamma=(float(params["gamma"]),),
+        return dataclasses.replace(cfg, C=(float(params["C"]),), gamma=(f"scale*{float(params['gamma_scale']):.4g}",),
                                    pca=(float(params["pca"]),))
     return dataclasses.replace(cfg, **{k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()})
 

@@ -25,5 +25,7 @@ def test_tune_two_trials_writes_table_and_best_yaml(ray_session, tmp_path):
     best = load_config(out / "best.yaml")
     params = summary["best"]["cnn3d"]["params"]
     assert best.cnn3d.lr == pytest.approx(params["lr"]) and best.cnn3d.dropout == pytest.approx(params["dropout"])
-    assert best.svm.C == (pytest.approx(summary["best"]["svm"]["params"]["C"]),)
+    svm = summary["best"]["svm"]["params"]
+    assert best.svm.C == (pytest.approx(svm["C"]),)
+    assert best.svm.gamma == (f"scale*{svm['gamma_scale']:.4g}",)  # relative to the PCA output, as C1 resolves it
     assert best.preprocess.size == 48  # the rest of the config is carried over
