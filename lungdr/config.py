@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -123,21 +124,20 @@ def gamma_factor(choice: str | float) -> float | None:
     """An ``svm.gamma`` entry as a multiple of scikit-learn's "scale" ("scale" -> 1, "scale*F" -> F), or None for
     an absolute number; anything else is a ConfigError."""
     if isinstance(choice, str):
-        head, _, factor = choice.replace(" ", "").partition("*")
+        head, star, factor = choice.replace(" ", "").partition("*")
         try:
-            value = float(factor) if factor else 1.0
+            value = float(factor) if star else 1.0
         except ValueError:
-            value = -1.0
-        if head != "scale" or (_ and not factor) or not value > 0:
-            raise ConfigError(f'svm.gamma entries are "scale", "scale*F" (F > 0) or a positive number, got {choice!r}')
-        return value
-    try:
-        ok = not isinstance(choice, bool) and float(choice) > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f'svm.gamma entries are "scale", "scale*F" (F > 0) or a positive number, got {choice!r}')
-    return None
+            value = 0.0
+        if head == "scale" and 0 < value < math.inf:
+            return value
+    else:
+        try:
+            if not isinstance(choice, bool) and 0 < float(choice) < math.inf:
+                return None
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f'svm.gamma entries are "scale", "scale*F" (F > 0) or a positive number, got {choice!r}')
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def test_svm_gamma_entries_are_scale_multiples_or_numbers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text('svm:\n  gamma: ["scale*0.5", scale, 0.002]\n')
     assert load_config(path).svm.gamma == ("scale*0.5", "scale", 0.002)
-    for bad in ("auto", "scale*", "scale*0", "scale*-1", "2*scale", 0, -1e-3, True, None):
+    for bad in ("auto", "scale*", "scale*0", "scale*-1", "scale*inf", "2*scale", 0, -1e-3, float("nan"), True, None):
         with pytest.raises(ConfigError, match="svm.gamma"):
             SVMConfig(gamma=("scale", bad))
 

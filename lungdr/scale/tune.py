@@ -36,8 +36,8 @@ def search_space(name: str) -> dict:
 def apply_trial(cfg, name: str, params: dict):
     """The classifier config with one trial's parameters (SVM grids collapse to the single value)."""
     if name == "svm":
-        return dataclasses.replace(cfg, C=(float(params["C"]),), gamma=(f"scale*{float(params['gamma_scale']):.4g}",),
-                                   pca=(float(params["pca"]),))
+        gamma = f"scale*{float(params['gamma_scale']):.4g}"
+        return dataclasses.replace(cfg, C=(float(params["C"]),), gamma=(gamma,), pca=(float(params["pca"]),))
     return dataclasses.replace(cfg, **{k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()})
 
 
