@@ -88,9 +88,10 @@ def test_mask_stats_and_round_trip(world, tmp_path):
         guard.score_batch({"svm": feats["svm"]})
 
 
-def test_one_combined_threshold_sets_the_overall_false_alarm_rate(tmp_path):
+def test_family_thresholds_set_the_overall_false_alarm_rate(tmp_path):
     """Four independent spaces each at their own 0.9 quantile would flag ~1 - 0.9^4 = 34 % of in-distribution
-    scans; the combined threshold flags ~10 % overall, and a scan far off in one space is still flagged."""
+    scans; the two families (three embeddings, the model-free mask space) each take half of the 10 % budget, so
+    ~10 % are flagged overall, and a scan far off in one space is still flagged."""
     rng = np.random.default_rng(21)
     names = ("svm", "transfer", "cnn3d", "mask")
 
@@ -98,7 +99,9 @@ def test_one_combined_threshold_sets_the_overall_false_alarm_rate(tmp_path):
         return {name: rng.normal(size=(n, 6)) for name in names}
 
     guard = OODGuard(quantile=0.9, max_components=4).fit(draw(400), draw(400))
-    assert guard.threshold > 1  # the largest of four ratios needs a higher bar than each ratio alone
+    assert guard.families["model"]["spaces"] == ["cnn3d", "svm", "transfer"]
+    assert guard.families["acquisition"]["spaces"] == ["mask"]
+    assert guard.families["model"]["threshold"] > 1  # the largest of three ratios needs a higher bar than each
     fresh = draw(2000)
     flagged = np.mean([s[1] for s in guard.score_batch(fresh)])
     per_space = np.mean(np.max(np.stack(list(guard.ratios(fresh).values()), 1), 1) > 1)
@@ -108,7 +111,58 @@ def test_one_combined_threshold_sets_the_overall_false_alarm_rate(tmp_path):
     score, is_ood, reason = guard.score(odd)
     assert is_ood and score > 1 and reason.startswith("cnn3d")
     loaded = OODGuard.load(guard.save(tmp_path / "g"))
-    assert loaded.threshold == guard.threshold and loaded.score_batch(fresh)[:5] == guard.score_batch(fresh)[:5]
+    assert loaded.families == guard.families and loaded.score_batch(fresh)[:5] == guard.score_batch(fresh)[:5]
+
+
+def test_model_free_threshold_does_not_move_with_the_models():
+    """Run 16's regression: one threshold shared by every space rose with a heavy-tailed embedding and let
+    adult-like scans through the image space. The acquisition family must not see the embeddings at all."""
+    rng = np.random.default_rng(22)
+
+    def draw(n, tail=0.0):
+        feats = {"svm": rng.normal(size=(n, 6)), "image": rng.normal(size=(n, 5)), "mask": rng.normal(size=(n, 7))}
+        feats["svm"][: int(tail * n)] *= 4.0  # a few validation scans far out in the embedding
+        return feats
+
+    train, val = draw(300), draw(150)
+    calm = OODGuard(quantile=0.99, max_components=4).fit(train, val)
+    heavy_val = {**val, "svm": draw(150, tail=0.05)["svm"]}
+    heavy = OODGuard(quantile=0.99, max_components=4).fit(train, heavy_val)
+    assert heavy.families["model"]["threshold"] * heavy.spaces["svm"].threshold > \
+        1.5 * calm.families["model"]["threshold"] * calm.spaces["svm"].threshold
+    assert heavy.families["acquisition"] == calm.families["acquisition"]
+    assert all(heavy.spaces[n].threshold == calm.spaces[n].threshold for n in ("image", "mask"))
+    shifted = draw(50)
+    shifted["image"] = shifted["image"] + 2.5  # a whole batch acquired differently
+    assert np.mean([s[1] for s in heavy.score_batch(shifted)]) > 0.9
+
+
+def test_model_free_spaces_are_calibrated_on_held_out_training_rows_too():
+    """Five validation scans alone would set the mask threshold near their maximum (a quarter of in-distribution
+    scans flagged); with out-of-fold training rows in the calibration it is a real 99 % quantile."""
+    rng = np.random.default_rng(23)
+    guard = OODGuard(quantile=0.99, max_components=4).fit({"mask": rng.normal(size=(500, 7))},
+                                                          {"mask": rng.normal(size=(5, 7))})
+    flagged = np.mean([s[1] for s in guard.score_batch({"mask": rng.normal(size=(4000, 7))})])
+    assert flagged < 0.04, flagged
+
+
+def test_guard_saved_with_one_shared_threshold_still_loads(tmp_path):
+    """Bundles written before the families kept one ``threshold`` over every space: they score as they did."""
+    import json
+
+    rng = np.random.default_rng(24)
+    feats = {"svm": rng.normal(size=(200, 6)), "mask": rng.normal(size=(200, 7))}
+    folder = OODGuard(quantile=0.95, max_components=4).fit(feats, feats).save(tmp_path / "old")
+    meta = json.loads((folder / "ood.json").read_text())
+    del meta["families"], meta["folds"]
+    meta["threshold"] = 1.3
+    (folder / "ood.json").write_text(json.dumps(meta))
+    old = OODGuard.load(folder)
+    probe = {"svm": rng.normal(size=(50, 6)) * 1.5, "mask": rng.normal(size=(50, 7))}
+    expected = np.max(np.stack(list(old.ratios(probe).values()), 1), 1) / 1.3
+    assert np.allclose([s[0] for s in old.score_batch(probe)], expected)
+    assert [s[1] for s in old.score_batch(probe)] == list(expected > 1)
 
 
 def test_image_stats_measure_acquisition_not_anatomy():

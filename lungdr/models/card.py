@@ -62,8 +62,9 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         "- A vote below the clear-majority threshold is repeated on test-time-augmented copies; the re-vote labels "
         "the case only if it is clear and leans the same way as the first vote, otherwise `needs_review`.",
         "- Out-of-distribution guard: distances in each model's embedding, in the lung mask's shape statistics and "
-        "in the film's acquisition statistics (noise, fine detail, contrast), one threshold at the validation "
-        "quantile; a scan past it is `needs_review` (`out_of_distribution`), never labelled.",
+        "in the film's acquisition statistics (noise, fine detail, contrast); one threshold for the model "
+        "embeddings (validation quantile) and one for the model-free spaces (validation plus held-out training "
+        "rows); a scan past either is `needs_review` (`out_of_distribution`), never labelled.",
         "", "## Validation metrics (patient-disjoint split)", "",
         "| model | accuracy | AUC | sensitivity | specificity | n |", "|---|---|---|---|---|---|", rows, "",
         f"Fusion accuracy counts decided cases only; coverage {_f(metrics.get('fusion', {}).get('coverage'))}, "
@@ -119,7 +120,7 @@ def finish_bundle(out: str, classifiers: dict, train: dict, val: dict, cfg: Lung
             for path in clf.save(tmp / "classifiers" / name).iterdir():
                 files[f"classifiers/{name}/{path.name}"] = path
         files["fusion.json"] = fusion.save(tmp / "fusion.json", ood_thresholds={
-            n: s.threshold for n, s in guard.spaces.items()}, ood_threshold=guard.threshold)
+            n: s.threshold for n, s in guard.spaces.items()}, ood_families=guard.families)
         for path in guard.save(tmp / "ood").iterdir():
             files[f"ood/{path.name}"] = path
         manifest = {

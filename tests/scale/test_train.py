@@ -45,6 +45,8 @@ def test_parallel_training_writes_a_verified_bundle(ray_session, tmp_path):
     fusion = json.loads((bundle.root / "fusion.json").read_text())
     assert np.isclose(sum(fusion["weights"].values()), 1.0) and set(fusion["ood_thresholds"]) == {
         "svm", "transfer", "cnn3d", "mask", "image"}
+    assert {f: sorted(v["spaces"]) for f, v in fusion["ood_families"].items()} == {
+        "acquisition": ["image", "mask"], "model": ["cnn3d", "svm", "transfer"]}
     card = bundle.card()
     assert "not tuberculosis" in card and "NOT pretrained" in card and "SYNTHETIC" in card
     assert summary["parallel"] and set(summary["per_model_seconds"]) == {"svm", "transfer", "cnn3d"}
