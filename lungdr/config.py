@@ -224,7 +224,7 @@ class FusionConfig:
     margin_threshold: float = 0.2  # confidence-weighted vote margin below this = no clear majority
     review_rate: float = 0.0  # > 0: training sets margin_threshold to this quantile of the validation margins
     tta_rounds: int = 4
-    ood_quantile: float = 0.99  # validation quantile used as the OOD distance threshold
+    ood_quantile: float = 0.99  # 1 - the OOD guard's in-distribution false-alarm rate (split over its two families)
     # model-free OOD spaces beside the classifiers' embeddings (lungdr/ood.py): lung-mask shape, acquisition
     ood_statistics: tuple[str, ...] = OOD_STATISTICS
     pooling: str = "logit"  # fused p_abnormal: "logit" = weighted mean log-odds, "mean" = weighted mean probability
