@@ -27,6 +27,12 @@ class NotFittedError(LungdrError):
     code = "not_fitted"
 
 
+class TrainingDivergedError(LungdrError):
+    """No training step of an epoch had a finite loss and gradients (nothing could be learned from it)."""
+
+    code = "training_diverged"
+
+
 class WeightsUnavailableError(LungdrError):
     """Pretrained weights were asked for but cannot be fetched or read."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import io
+import logging
 import math
 from pathlib import Path
 from typing import Callable
@@ -21,8 +22,10 @@ from lungdr.config import check_lr_schedule
 from lungdr.device import input_format, pick_device, train_autocast, training_layout
 from lungdr.errors import BundleError
 from lungdr.models.base import (
-    Classifier, NotFittedError, check_images, check_labels, read_config, write_config,
+    Classifier, NotFittedError, TrainingDivergedError, check_images, check_labels, read_config, write_config,
 )
+
+log = logging.getLogger(__name__)
 
 AUX_WEIGHT = 0.4  # Inception's auxiliary-head loss weight
 LUNG_REFERENCE = 0.25  # where the lung field's median intensity is placed by ``lung_referenced``
@@ -94,12 +97,17 @@ def _fp32(output):
 
 def train_epoch(model: nn.Module, optimizer, batches, device, precision: str = "fp32",
                 channels_last: bool = False) -> float:
-    """One pass over ``batches`` (iterable of ``(x, y)`` tensors or arrays); returns the mean loss. ``precision``
-    "bf16" runs the forward pass under bfloat16 autocast (weights, loss and optimiser stay fp32); ``channels_last``
-    feeds channels-last inputs (the model should be in that layout: ``training_layout``)."""
+    """One pass over ``batches`` (iterable of ``(x, y)`` tensors or arrays); returns the mean loss of the steps
+    taken. ``precision`` "bf16" runs the forward pass under bfloat16 autocast (weights, loss and optimiser stay
+    fp32); ``channels_last`` feeds channels-last inputs (the model should be in that layout: ``training_layout``).
+    A step whose gradients are not finite (a bf16 overflow, a corrupt batch) is skipped, not applied: one NaN step
+    would poison the weights and Adam's moments for good. The gradients decide, not the loss: under DDP they are
+    already averaged, so every rank skips the same steps. Skips are logged; an epoch without one finite step is a
+    ``TrainingDivergedError``."""
     set_train_mode(model)
     fmt = input_format(model, channels_last)
-    total, count = 0.0, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    total, count, skipped = 0.0, 0, 0
     for x, y in batches:
         x = torch.as_tensor(x, dtype=torch.float32).to(device).contiguous(memory_format=fmt)
         y = torch.tensor(np.asarray(y), dtype=torch.long).to(device)  # a copy: Ray hands out read-only arrays
@@ -108,10 +116,22 @@ def train_epoch(model: nn.Module, optimizer, batches, device, precision: str = "
             output = model(x)
         loss = classification_loss(_fp32(output), y)
         loss.backward()
+        if not _finite([p.grad for p in params if p.grad is not None] or [loss]):
+            skipped += 1
+            continue
         optimizer.step()
         total += float(loss.detach()) * len(y)
         count += len(y)
+    if skipped:
+        if not count:
+            raise TrainingDivergedError(f"all {skipped} training steps of the epoch had a non-finite loss or gradient")
+        log.warning("skipped %d training step(s) with a non-finite loss or gradient", skipped)
     return total / max(count, 1)
+
+
+def _finite(tensors) -> bool:
+    """Every element of every tensor finite (one device sync)."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def step_options(cfg) -> dict:

@@ -81,3 +81,30 @@ def test_bf16_nhwc_training_takes_the_same_steps_and_saves_plain_fp32_weights(na
 def test_unknown_training_precision_is_refused(cls):
     with pytest.raises(ConfigError, match="train_precision"):
         cls(train_precision="fp16")
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped_not_applied(caplog):
+    """A NaN step (a bf16 overflow, a corrupt batch) must not reach the weights or Adam's moments."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from lungdr.models.base import TrainingDivergedError
+    from lungdr.models.torchnet import train_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    good = (np.random.default_rng(0).random((4, 1, 4, 4), dtype=np.float32), np.array([0, 1, 0, 1]))
+    bad = (np.full((4, 1, 4, 4), np.nan, np.float32), good[1])
+    before = copy.deepcopy(model)
+    expected = torch.nn.functional.cross_entropy(before(torch.as_tensor(good[0])), torch.as_tensor(good[1])).item()
+    with caplog.at_level("WARNING"):
+        loss = train_epoch(model, opt, [bad, good, bad], "cpu")
+    assert loss == pytest.approx(expected)  # the mean over the steps taken
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), model.parameters()))  # the good step ran
+    assert "skipped 2 training step" in caplog.text
+    with pytest.raises(TrainingDivergedError, match="non-finite"):
+        train_epoch(model, opt, [bad], "cpu")
