@@ -25,7 +25,7 @@ import ray.train
 
 from lungdr.config import LungdrConfig, PreprocessConfig, from_dict, to_dict
 from lungdr.errors import ConfigError, EmptyInputError
-from lungdr.models import CLASSIFIER_NAMES, classifier_class
+from lungdr.models import classifier_class
 
 NETWORKS = ("transfer", "cnn3d")
 
