@@ -101,14 +101,18 @@ def train_epoch(model: nn.Module, optimizer, batches, device, precision: str = "
     taken. ``precision`` "bf16" runs the forward pass under bfloat16 autocast (weights, loss and optimiser stay
     fp32); ``channels_last`` feeds channels-last inputs (the model should be in that layout: ``training_layout``).
     A step whose gradients are not finite (a bf16 overflow, a corrupt batch) is skipped, not applied: one NaN step
-    would poison the weights and Adam's moments for good. The gradients decide, not the loss: under DDP they are
+    would poison the weights and Adam's moments for good (its BatchNorm statistics are put back too). The gradients
+    decide, not the loss: under DDP they are
     already averaged, so every rank skips the same steps. Skips are logged; an epoch without one finite step is a
     ``TrainingDivergedError``."""
     set_train_mode(model)
     fmt = input_format(model, channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
+    stats = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             for b in (m.running_mean, m.running_var) if b is not None]
     total, count, skipped = 0.0, 0, 0
     for x, y in batches:
+        kept = [b.clone() for b in stats]  # running statistics before this step's forward pass
         x = torch.as_tensor(x, dtype=torch.float32).to(device).contiguous(memory_format=fmt)
         y = torch.tensor(np.asarray(y), dtype=torch.long).to(device)  # a copy: Ray hands out read-only arrays
         optimizer.zero_grad()
@@ -118,6 +122,8 @@ def train_epoch(model: nn.Module, optimizer, batches, device, precision: str = "
         loss.backward()
         if not _finite([p.grad for p in params if p.grad is not None] or [loss]):
             skipped += 1
+            for b, saved in zip(stats, kept):
+                b.copy_(saved)
             continue
         optimizer.step()
         total += float(loss.detach()) * len(y)

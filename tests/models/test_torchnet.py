@@ -94,16 +94,17 @@ def test_a_step_with_a_non_finite_loss_is_skipped_not_applied(caplog):
     from lungdr.models.torchnet import train_epoch
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 2))
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     good = (np.random.default_rng(0).random((4, 1, 4, 4), dtype=np.float32), np.array([0, 1, 0, 1]))
     bad = (np.full((4, 1, 4, 4), np.nan, np.float32), good[1])
     before = copy.deepcopy(model)
-    expected = torch.nn.functional.cross_entropy(before(torch.as_tensor(good[0])), torch.as_tensor(good[1])).item()
+    expected = torch.nn.functional.cross_entropy(copy.deepcopy(model)(torch.as_tensor(good[0])),
+                                                 torch.as_tensor(good[1])).item()
     with caplog.at_level("WARNING"):
         loss = train_epoch(model, opt, [bad, good, bad], "cpu")
     assert loss == pytest.approx(expected)  # the mean over the steps taken
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values())  # weights and BatchNorm statistics
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), model.parameters()))  # the good step ran
     assert "skipped 2 training step" in caplog.text
     with pytest.raises(TrainingDivergedError, match="non-finite"):
