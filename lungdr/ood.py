@@ -138,15 +138,20 @@ class _Space:
 ACQUISITION, MODEL = "acquisition", "model"  # threshold families (module docstring)
 
 
+def _fit_space(x: np.ndarray, held_out, max_components: int) -> _Space:
+    """A space fitted on ``x`` whose residual is scaled by that of the ``held_out`` rows."""
+    space = _Space().fit(x, max_components)
+    _, residual = space.parts(held_out)
+    space.residual_scale = float(max(residual.mean(), 1e-6))
+    return space
+
+
 def _out_of_fold_distances(x: np.ndarray, folds: int, max_components: int) -> np.ndarray:
-    """Each row's distance in a space fitted without its fold (residual scaled by the held-out fold's)."""
+    """Each row's distance in a space fitted without its fold."""
     out = np.empty(len(x))
     fold = np.arange(len(x)) % folds
     for k in range(folds):
-        space = _Space().fit(x[fold != k], max_components)
-        _, residual = space.parts(x[fold == k])
-        space.residual_scale = float(max(residual.mean(), 1e-6))
-        out[fold == k] = space.distance(x[fold == k])
+        out[fold == k] = _fit_space(x[fold != k], x[fold == k], max_components).distance(x[fold == k])
     return out
 
 
@@ -168,9 +173,7 @@ class OODGuard:
             x = np.asarray(train[name], np.float64)
             if len(x) < 4 or len(val[name]) < 2:
                 raise ModelInputError(f"OOD space {name!r}: need >= 4 training and >= 2 validation samples")
-            space = _Space().fit(x, self.max_components)
-            _, residual = space.parts(val[name])
-            space.residual_scale = float(max(residual.mean(), 1e-6))
+            space = _fit_space(x, val[name], self.max_components)
             calibration[name] = space.distance(val[name])
             if name in OOD_STATISTICS and len(x) >= 2 * self.folds:  # model-free: held-out training rows count too
                 oof = np.random.default_rng(0).permutation(len(x))
