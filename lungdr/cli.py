@@ -22,6 +22,7 @@ COMMANDS = (
     "train_segmenter",
     "segment",
     "eval_segmentation",
+    "import_weights",
     "train",
     "tune",
     "evaluate",

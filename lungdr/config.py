@@ -338,7 +338,23 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         data = loaded
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
-    return from_dict(LungdrConfig, data)
+    return resolve_local_paths(from_dict(LungdrConfig, data))
+
+
+# (section, field) naming a file or folder; keywords that are not paths
+PATH_FIELDS = (("transfer", "weights"), ("segmenter", "init_weights"))
+NOT_PATHS = ("", "imagenet", "none")
+
+
+def resolve_local_paths(cfg: LungdrConfig) -> LungdrConfig:
+    """Relative local paths made absolute against the directory the command runs in, so Ray workers (whose
+    working directory differs) read the same file."""
+    for section, name in PATH_FIELDS:
+        sub = getattr(cfg, section)
+        value = getattr(sub, name)
+        if value not in NOT_PATHS and "://" not in value and not Path(value).is_absolute():
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **{name: str(Path(value).resolve())})})
+    return cfg
 
 
 def dump_config(cfg: LungdrConfig, path: str | Path) -> None:

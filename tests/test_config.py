@@ -94,3 +94,17 @@ def test_classifier_view_and_ood_statistics_are_checked_when_read(tmp_path):
         path.write_text(text)
         with pytest.raises(ConfigError, match=key):
             load_config(path)
+
+
+def test_relative_weight_paths_resolve_where_the_command_runs(tmp_path, monkeypatch):
+    """Ray workers run in another directory: a relative local weights path must reach them absolute; keywords and
+    URIs pass unchanged."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "c.yaml"
+    path.write_text("transfer:\n  weights: w/inception.pt\nsegmenter:\n  init_weights: s3://b/pre\n")
+    cfg = load_config(path)
+    assert cfg.transfer.weights == str(tmp_path / "w" / "inception.pt")
+    assert cfg.segmenter.init_weights == "s3://b/pre"
+    for keyword in ("imagenet", "none"):
+        assert load_config(overrides={"transfer": {"weights": keyword}}).transfer.weights == keyword
+    assert load_config().segmenter.init_weights == ""

@@ -2,18 +2,22 @@
 
 * Weights: ``TransferConfig.weights`` = ``"imagenet"`` (torchvision's IMAGENET1K_V1; a clear
   ``WeightsUnavailableError`` when it cannot be downloaded), ``"none"`` (random init — the saved config then
-  records ``pretrained: false``) or a local / ``s3://`` state-dict file (torchvision's layout).
+  records ``pretrained: false``) or a local / ``s3://`` state-dict file (torchvision's layout; ``lungdr
+  import-weights`` makes one from TensorFlow's layout); the source and the file's SHA-256 go into the card.
 * Blocks: the Inception stages in order (Conv2d_1a ... Mixed_6e, AuxLogits, Mixed_7a ... Mixed_7c; 17 with the
   auxiliary head, 16 without). A block trains iff it is not among the first ``freeze_first`` and is among the
   last ``finetune_last``; the new ``fc`` (and auxiliary ``fc``) always train. Frozen BatchNorms keep their stats.
 * Input: ``(N, 1, S, S)`` in [0, 1] at ``input_size``, exposure-normalised by ``lung_referenced``, the lung
   field emphasised (outside-lung pixels kept at
-  ``OUTSIDE_WEIGHT``); the network repeats the channel three times and applies ImageNet normalisation itself.
+  ``OUTSIDE_WEIGHT``); the network repeats the channel three times and scales it to [-1, 1] itself, as Google's
+  Inception-v3 weights expect (torchvision's IMAGENET1K_V1 is their port: torchvision's ``transform_input`` turns
+  ImageNet-normalised input back into this). Networks saved before kept ImageNet mean / std (their buffers load).
   The auxiliary head exists only at ``input_size >= 299`` (torchvision's minimum for it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -31,21 +35,20 @@ from lungdr.transforms import classifier_view
 
 log = logging.getLogger("lungdr.transfer")
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_MEAN, INPUT_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # [0, 1] -> [-1, 1]
 OUTSIDE_WEIGHT = 0.25
 MIN_INPUT = 75  # smallest side Inception-v3's stride pattern accepts
 AUX_MIN_INPUT = 299
 
 
 class InceptionNet(nn.Module):
-    """Grayscale [0, 1] -> 3 channels -> ImageNet normalisation -> torchvision Inception-v3."""
+    """Grayscale [0, 1] -> 3 channels -> [-1, 1] -> torchvision Inception-v3."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(INPUT_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(INPUT_STD).view(1, 3, 1, 1))
 
     @property
     def fc(self) -> nn.Linear:
@@ -75,7 +78,8 @@ def fetch_weights(spec: str) -> tuple[dict | None, str]:
     from lungdr.io.uri import read_bytes
 
     try:
-        return load_state(read_bytes(spec)), f"file:{Path(spec).name}"
+        data = read_bytes(spec)
+        return load_state(data), f"file:{Path(spec).name} sha256:{hashlib.sha256(data).hexdigest()[:16]}"
     except (LungdrError, OSError, RuntimeError, ValueError) as exc:
         raise WeightsUnavailableError(f"cannot read Inception-v3 state dict {Path(spec).name}: {exc}") from exc
 
@@ -85,7 +89,7 @@ def load_backbone_weights(backbone: nn.Module, state: dict) -> int:
     that is not an Inception-v3's."""
     state = {k.removeprefix("backbone."): v for k, v in state.items()}
     own = backbone.state_dict()
-    body = [k for k in own if not (k.startswith("fc.") or k.startswith("AuxLogits.fc."))]
+    body = [k for k in own if not (k.startswith("fc.") or k.startswith("AuxLogits.fc.") or k.endswith("num_batches_tracked"))]
     usable = {k: v for k, v in state.items() if k in body and tuple(v.shape) == tuple(own[k].shape)}
     if len(usable) < 0.9 * len(body):
         raise WeightsUnavailableError(

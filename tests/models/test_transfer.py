@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -47,7 +49,8 @@ def test_loads_a_local_imagenet_style_state_dict(tmp_path):
     clf = InceptionTransfer(TransferConfig(**{**TINY, "weights": str(tmp_path / "inception.pth"), "epochs": 1}))
     images, masks, y = phantom_set(4, 48, seed=5)
     clf.fit(images, masks, y)
-    assert clf.metadata["pretrained"] is True and clf.metadata["weights_source"] == "file:inception.pth"
+    digest = hashlib.sha256((tmp_path / "inception.pth").read_bytes()).hexdigest()[:16]
+    assert clf.metadata["pretrained"] is True and clf.metadata["weights_source"] == f"file:inception.pth sha256:{digest}"
     # a frozen early block still holds the file's weights
     np.testing.assert_array_equal(clf.model.backbone.Conv2d_1a_3x3.conv.weight.detach().numpy(),
                                   source.Conv2d_1a_3x3.conv.weight.detach().numpy())
@@ -71,3 +74,15 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     images, masks, y = phantom_set(4, 48, seed=5)
     with pytest.raises(WeightsUnavailableError, match="weights: none|'none'"):
         InceptionTransfer(TransferConfig(**{**TINY, "weights": "imagenet"})).fit(images, masks, y)
+
+
+def test_input_is_scaled_to_the_range_inception_weights_expect():
+    """Google's Inception-v3 weights (torchvision's IMAGENET1K_V1 is their port) expect pixels in [-1, 1]."""
+    net = build_model(TransferConfig(input_size=75, weights="none"))
+    seen = []
+    net.backbone.Conv2d_1a_3x3.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.tensor([0.0, 0.5, 1.0]).view(3, 1, 1, 1).expand(3, 1, 75, 75)
+    with torch.no_grad():
+        net.eval()(x)
+    assert seen[0].shape == (3, 3, 75, 75)
+    torch.testing.assert_close(seen[0][:, :, 0, 0], torch.tensor([[-1.0] * 3, [0.0] * 3, [1.0] * 3]))
