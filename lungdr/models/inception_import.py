@@ -10,7 +10,8 @@ shape; the 1008-class head is not imported (C2 replaces the head anyway).
 
 What stays different: the TensorFlow graph's average pools leave padding out and its last block max-pools, so the
 two networks' pooled features agree closely, not exactly (``feature_agreement``: 0.86; an import below
-``MIN_AGREEMENT`` is refused); fine-tuning absorbs that. Like torchvision's own Inception-v3 weights (also a port of Google's), these expect pixels in [-1, 1].
+``MIN_AGREEMENT`` is refused); fine-tuning absorbs that. Like torchvision's own Inception-v3 weights (also a port
+of Google's), these expect pixels in [-1, 1].
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ FORMAT = "tf-inception-2015-12-05"
 
 
 def torchvision_convs(net: torch.nn.Module) -> list[str]:
-    """Names of the ``BasicConv2d`` modules of a torchvision Inception3, in forward order."""
+    """Names of the ``BasicConv2d`` modules of a torchvision Inception3 in registration order, which is the order
+    of TensorFlow's graph (branches as Google's blocks list them; ``feature_agreement`` checks the result)."""
     return [name for name, m in net.named_modules() if isinstance(m, BasicConv2d) and not name.startswith("AuxLogits")]
 
 
@@ -70,7 +72,7 @@ def convert_tf_inception(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 def read_torchscript(data: bytes) -> torch.jit.ScriptModule:
     try:
-        with warnings.catch_warnings():  # torch 2.14 marks torch.jit.load deprecated; the port exists only as TorchScript
+        with warnings.catch_warnings():  # torch 2.14 deprecates torch.jit.load; the port exists only as TorchScript
             warnings.simplefilter("ignore", FutureWarning)
             return torch.jit.load(io.BytesIO(data), map_location="cpu")
     except RuntimeError as exc:
@@ -93,7 +95,8 @@ def feature_agreement(module: torch.nn.Module, converted: dict[str, torch.Tensor
     same-shape convolutions swapped."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 1, 19, 19, generator=g) * 2 - 1
-    x = torch.nn.functional.interpolate(coarse, size=(299, 299), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
+    x = torch.nn.functional.interpolate(coarse, size=(299, 299), mode="bilinear", align_corners=False)
+    x = x.expand(-1, 3, -1, -1)
     a, b = ((f - f.mean(0)).flatten() for f in pool_features(module, converted, x.contiguous()))
     return float((a * b).sum() / (a.norm() * b.norm()))
 

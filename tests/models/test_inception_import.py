@@ -82,7 +82,7 @@ def test_feature_agreement_tells_a_right_mapping_from_a_wrong_one(source):
 def test_refuses_what_is_not_the_tensorflow_layout(source):
     layout = tf_layout(source)
     keys = list(layout)
-    swapped = {**{k: layout[k] for k in keys[4:8]}, **{k: layout[k] for k in keys[:4]}, **{k: layout[k] for k in keys[8:]}}
+    swapped = {k: layout[k] for k in keys[4:8] + keys[:4] + keys[8:]}  # first two convolutions in each other's place
     with pytest.raises(ConfigError, match="shape"):
         convert_tf_inception(swapped)
     with pytest.raises(ConfigError, match="convolutions"):
