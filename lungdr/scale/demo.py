@@ -107,9 +107,10 @@ def _cell(v, width: int) -> str:
 
 
 def step_score(data: str, bundle: str, out_dir: Path) -> dict:
-    from lungdr.scale.score import score
+    from lungdr.scale.score import bundle_info, score
 
-    summary = score(data, bundle, str(out_dir / "scores"))
+    # one folder per model version: a second demo retrains, and a scores folder keeps to one model (resumable)
+    summary = score(data, bundle, str(out_dir / "scores" / bundle_info(bundle)[0]))
     _say(f"batch-scored the sample to Parquet: {json.dumps(summary, default=str)}")
     return summary
 
