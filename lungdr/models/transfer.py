@@ -89,7 +89,8 @@ def load_backbone_weights(backbone: nn.Module, state: dict) -> int:
     that is not an Inception-v3's."""
     state = {k.removeprefix("backbone."): v for k, v in state.items()}
     own = backbone.state_dict()
-    body = [k for k in own if not (k.startswith("fc.") or k.startswith("AuxLogits.fc.") or k.endswith("num_batches_tracked"))]
+    heads, counters = ("fc.", "AuxLogits.fc."), "num_batches_tracked"  # a converted file may lack the counters
+    body = [k for k in own if not (k.startswith(heads) or k.endswith(counters))]
     usable = {k: v for k, v in state.items() if k in body and tuple(v.shape) == tuple(own[k].shape)}
     if len(usable) < 0.9 * len(body):
         raise WeightsUnavailableError(
