@@ -102,9 +102,8 @@ def train_epoch(model: nn.Module, optimizer, batches, device, precision: str = "
     fp32); ``channels_last`` feeds channels-last inputs (the model should be in that layout: ``training_layout``).
     A step whose gradients are not finite (a bf16 overflow, a corrupt batch) is skipped, not applied: one NaN step
     would poison the weights and Adam's moments for good (its BatchNorm statistics are put back too). The gradients
-    decide, not the loss: under DDP they are
-    already averaged, so every rank skips the same steps. Skips are logged; an epoch without one finite step is a
-    ``TrainingDivergedError``."""
+    decide, not the loss: under DDP they are already averaged, so every rank skips the same steps. Skips are logged;
+    an epoch without one finite step is a ``TrainingDivergedError``."""
     set_train_mode(model)
     fmt = input_format(model, channels_last)
     params = [p for p in model.parameters() if p.requires_grad]

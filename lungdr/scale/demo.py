@@ -83,7 +83,7 @@ def step_classifiers(data: str, size: int, out_dir: Path, segmenter: str) -> dic
     summary = train_classifiers(data, bundle, cfg=demo_config(size), segmenter=segmenter,
                                 storage=str(out_dir / "ray_results"), val_fraction=0.25)
     _say(f"three classifiers trained in parallel in {summary['train_seconds']:.0f}s -> {bundle}")
-    return {"bundle": bundle, "train_seconds": summary["train_seconds"]}
+    return {"bundle": bundle, "model_version": summary["model_version"], "train_seconds": summary["train_seconds"]}
 
 
 def step_evaluate(data: str, bundle: str, out_dir: Path) -> dict:
@@ -106,11 +106,11 @@ def _cell(v, width: int) -> str:
     return f"{v:>{width}.3f}" if isinstance(v, float) else f"{'-':>{width}}"
 
 
-def step_score(data: str, bundle: str, out_dir: Path) -> dict:
-    from lungdr.scale.score import bundle_info, score
+def step_score(data: str, bundle: str, version: str, out_dir: Path) -> dict:
+    from lungdr.scale.score import score
 
     # one folder per model version: a second demo retrains, and a scores folder keeps to one model (resumable)
-    summary = score(data, bundle, str(out_dir / "scores" / bundle_info(bundle)[0]))
+    summary = score(data, bundle, str(out_dir / "scores" / version))
     _say(f"batch-scored the sample to Parquet: {json.dumps(summary, default=str)}")
     return summary
 
@@ -139,7 +139,8 @@ def run_demo(out: str = "lungdr-demo", size: int = 128, address: str | None = No
     results["segmenter"] = step_segmenter(data, size, out_dir)
     results["classifiers"] = step_classifiers(data, size, out_dir, results["segmenter"]["bundle"])
     results["evaluation"] = step_evaluate(data, results["classifiers"]["bundle"], out_dir)
-    results["score"] = step_score(data, results["classifiers"]["bundle"], out_dir)
+    results["score"] = step_score(data, results["classifiers"]["bundle"], results["classifiers"]["model_version"],
+                                  out_dir)
     (out_dir / "demo_summary.json").write_text(json.dumps(results, indent=2))
     _say(f"summary written to {out_dir / 'demo_summary.json'}")
     _say(f"open the evaluation report: {Path(results['evaluation']['report']).resolve()}")
