@@ -15,7 +15,10 @@ fused lean is unstable, not resolved: on the kermany validation split, re-votes 
 ``label None, needs_review, "no_majority"``. Training sets ``margin_threshold`` from the validation margins
 (``FusionConfig.review_rate``, ``fit_margin_threshold``). An OOD input is
 ``label None, needs_review, "out_of_distribution"`` whatever the vote says. The fused ``p_abnormal`` (the score
-ranked for AUC) pools the calibrated probabilities with the same weights: by default as weighted mean log-odds
+ranked for AUC) is that of the image as given, also for a re-voted case: the re-vote decides whether the case gets a
+label, while its own pooled score is kept as ``tta_p_abnormal`` (augmented copies rank worse than the image as given:
+on run 15's validation split, the TTA mean of every film ranked at fused AUC 0.9932 against 0.9966,
+docs/CLASSIFIERS.md). It pools the calibrated probabilities with the same weights: by default as weighted mean log-odds
 (``FusionConfig.pooling = "logit"``: one confident model counts for more than a probability average gives it; in
 5-fold patient CV on kermany development images it ranked better than the weighted mean probability in 5 of 5
 folds, AUC 0.9970 vs 0.9964), or as the weighted mean probability (``"mean"``, bundles saved before the option).
@@ -92,6 +95,7 @@ class Decision:
     review_reason: str | None = None
     repredicted: bool = False
     first_probs: dict[str, float] | None = None  # the first vote's probabilities when ``repredicted``
+    tta_p_abnormal: float | None = None  # the re-vote's pooled score when ``repredicted`` (p_abnormal stays the first)
     ood_distance: float | None = None
     ood_detail: str | None = None
     weights: dict[str, float] = field(default_factory=dict)
@@ -143,7 +147,8 @@ class Fusion:
             first = decision
             decision = self.vote(repredict())
             decision.repredicted, decision.first_probs = True, first.probs
-            if decision.label is not None and (2 * first.p_abnormal - 1) * (2 * decision.p_abnormal - 1) < 0:
+            decision.tta_p_abnormal, decision.p_abnormal = decision.p_abnormal, first.p_abnormal
+            if decision.label is not None and (2 * first.p_abnormal - 1) * (2 * decision.tta_p_abnormal - 1) < 0:
                 # the re-prediction leans the other way from the image as given: unstable, not a clear majority
                 decision.label, decision.needs_review, decision.review_reason = None, True, NO_MAJORITY
         if ood is not None:

@@ -94,3 +94,56 @@ def roc_points(y_true, p) -> dict | None:
     thr = np.where(np.isfinite(thr), thr, np.nan)  # sklearn's first threshold is +inf
     return {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
             "thresholds": [None if np.isnan(x) else float(x) for x in thr]}
+
+
+def _rank_auc(y: np.ndarray, s: np.ndarray) -> float | None:
+    """Mann-Whitney AUC with tied scores counted half (average ranks); None with one class only."""
+    from scipy.stats import rankdata
+
+    n1 = int(y.sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return None
+    return float((rankdata(s)[y == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def bootstrap_auc(y_true, scores: dict[str, np.ndarray], groups=None, reference: str | None = None,
+                  rounds: int = 1000, seed: int = 0) -> dict:
+    """How sure the AUCs are: a bootstrap that resamples whole ``groups`` (patients; each case its own group when
+    None), so a patient's films stay together as in the split. Returns ``{"ci95": {model: [lo, hi]}}`` and, with
+    ``reference`` (e.g. "fusion"), ``"vs_best"``: its paired AUC difference to the other model with the highest
+    AUC, that difference's 95 % interval and the share of resamples in which ``reference`` ranks better. Resamples
+    holding one class only are skipped (``rounds`` counts the used ones)."""
+    y = _labels(y_true, "y_true")
+    s = {k: _scores(v, y.size) for k, v in scores.items()}
+    if reference is not None and reference not in s:
+        raise ConfigError(f"reference {reference!r} is not among the scores {sorted(s)}")
+    keys = np.asarray(groups if groups is not None else np.arange(y.size)).astype(str)
+    if keys.shape != y.shape:
+        raise ConfigError(f"{keys.size} groups for {y.size} cases")
+    _, inverse = np.unique(keys, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if y.size else []
+    point = {k: _rank_auc(y, v) for k, v in s.items()}
+    if any(a is None for a in point.values()):
+        return {"ci95": {k: None for k in s}, "rounds": 0}
+    rng = np.random.default_rng(seed)
+    draws = {k: [] for k in s}
+    for _ in range(rounds):
+        idx = np.concatenate([members[g] for g in rng.integers(len(members), size=len(members))])
+        aucs = {k: _rank_auc(y[idx], v[idx]) for k, v in s.items()}
+        if any(a is None for a in aucs.values()):
+            continue
+        for k, a in aucs.items():
+            draws[k].append(a)
+    draws = {k: np.array(v) for k, v in draws.items()}
+    used = len(next(iter(draws.values())))
+    out = {"ci95": {k: ([float(x) for x in np.quantile(v, [0.025, 0.975])] if used else None)
+                    for k, v in draws.items()}, "rounds": used}
+    others = [k for k in s if k != reference]
+    if reference is not None and others and used:
+        best = max(others, key=lambda k: point[k])
+        diff = draws[reference] - draws[best]
+        out["vs_best"] = {"model": best, "auc_difference": point[reference] - point[best],
+                          "ci95": [float(x) for x in np.quantile(diff, [0.025, 0.975])],
+                          "p_better": float(np.mean(diff > 0))}
+    return out

@@ -102,6 +102,7 @@ class Predictor:
             results.append({
                 "label": d.label,
                 "p_abnormal": round(float(d.p_abnormal), 6),
+                "p_abnormal_tta": None if d.tta_p_abnormal is None else round(float(d.tta_p_abnormal), 6),
                 "votes": {n: int(v) for n, v in d.votes.items()},
                 "probabilities": {n: round(float(p), 6) for n, p in d.probs.items()},
                 # each model alone on the image as given (differs from "probabilities" only when re-predicted)

@@ -9,7 +9,7 @@ import html
 import cv2
 import numpy as np
 
-from lungdr.metrics import roc_points
+from lungdr.metrics import bootstrap_auc, roc_points
 
 MODELS = ("svm", "transfer", "cnn3d", "fusion")
 COLORS = {"svm": "#1f77b4", "transfer": "#ff7f0e", "cnn3d": "#2ca02c", "fusion": "#d62728"}
@@ -19,15 +19,27 @@ def _f(v) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+def _ci(v) -> str:
+    return "" if not v else f"{v[0]:.3f}–{v[1]:.3f}"
+
+
 def metrics_table(metrics: dict) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{_f(m.get('accuracy'))}</td><td>{_f(m.get('auc'))}</td>"
+        f"<td>{_ci(m.get('auc_ci95'))}</td>"
         f"<td>{_f(m.get('sensitivity'))}</td><td>{_f(m.get('specificity'))}</td><td>{m.get('n')}</td>"
         f"<td>{_f(m.get('coverage')) if 'coverage' in m else ''}</td><td>{m.get('needs_review', '')}</td>"
         f"<td>{_f(m.get('auc_labelled')) if 'auc_labelled' in m else ''}</td></tr>"
         for n, m in metrics.items())
-    return ("<table><tr><th>model</th><th>accuracy</th><th>AUC</th><th>sensitivity</th><th>specificity</th>"
-            f"<th>n</th><th>coverage</th><th>needs review</th><th>AUC of the labelled cases</th></tr>{rows}</table>")
+    table = ("<table><tr><th>model</th><th>accuracy</th><th>AUC</th><th>AUC 95 % CI</th><th>sensitivity</th>"
+             "<th>specificity</th><th>n</th><th>coverage</th><th>needs review</th><th>AUC of the labelled cases</th>"
+             f"</tr>{rows}</table>")
+    versus = metrics.get("fusion", {}).get("vs_best_single")
+    if versus:
+        table += (f"<p>Fusion AUC minus the best single model's ({html.escape(versus['model'])}): "
+                  f"{versus['auc_difference']:+.4f} (95 % CI {versus['ci95'][0]:+.4f} to {versus['ci95'][1]:+.4f}; "
+                  f"fusion ahead in {100 * versus['p_better']:.0f} % of patient-level bootstrap resamples).</p>")
+    return table
 
 
 def stress_table(table: dict) -> str:
@@ -119,7 +131,8 @@ def render(metrics: dict, y_true, probs: dict[str, np.ndarray], samples: list[di
             + f"<h2>Samples</h2>{''.join(cards)}</body></html>")
 
 
-PREDICTION_COLUMNS = ("id", "true_label", "label", "p_abnormal", "needs_review", "review_reason", "error")
+PREDICTION_COLUMNS = ("id", "true_label", "label", "p_abnormal", "p_abnormal_tta", "needs_review", "review_reason",
+                      "error")
 
 
 def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, n_samples: int = 12,
@@ -143,7 +156,7 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
     tally = tally if tally is not None else ShiftTally(())
     names = list(predictor.classifiers)
     items = [i for i in load_corpus(data) if i.label is not None][:limit]
-    rows, samples, done = [], [], []
+    rows, samples, done, patients = [], [], [], []
     for start in range(0, len(items), batch_size):
         images, ok = [], []
         for item in items[start:start + batch_size]:
@@ -156,6 +169,7 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
         _score_shifted(predictor, tally, images, results, [i.label for i in ok], start)
         for item, image, res in zip(ok, images, results):
             row = {"id": item.id, "true_label": item.label, "label": res["label"], "p_abnormal": res["p_abnormal"],
+                   "p_abnormal_tta": res["p_abnormal_tta"],
                    "needs_review": res["needs_review"], "review_reason": res["review_reason"], "error": None}
             row["repredicted"] = res["repredicted"]
             for n in names:  # each model alone; the re-predicted (TTA) probability that voted, if any, beside it
@@ -164,6 +178,7 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
                 row[f"{n}_p_tta"] = res["probabilities"][n] if res["repredicted"] else None
             rows.append(row)
             done.append((item.label, res))
+            patients.append(item.patient or item.id)
             if len(samples) < n_samples:
                 samples.append({**res, "id": item.id, "image": image, "true_label": item.label})
     y = np.array([t for t, _ in done], int)
@@ -176,6 +191,12 @@ def evaluate_corpus(data: str, bundle: str, out: str, limit: int | None = None, 
     metrics["fusion"] = decision_metrics(y, decisions)
     metrics["fusion"]["unreadable"] = len(rows) - len(done)
     probs["fusion"] = np.array([d.p_abnormal for d in decisions])
+    # how sure: patient-level bootstrap intervals, and the fusion against the best single model on the same resamples
+    spread = bootstrap_auc(y, probs, patients, reference="fusion")
+    for n, ci in spread["ci95"].items():
+        metrics[n]["auc_ci95"] = ci
+    if "vs_best" in spread:
+        metrics["fusion"]["vs_best_single"] = spread["vs_best"]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

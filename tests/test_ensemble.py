@@ -61,6 +61,11 @@ def test_repredict_only_when_undecided_and_can_resolve():
     d = fusion.decide({"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1}, repredict=tta)
     assert calls == [1] and d.repredicted and d.label == 1 and not d.needs_review
     assert d.first_probs == {"svm": 0.9, "transfer": 0.1, "cnn3d": 0.1} and d.probs["transfer"] == 0.7
+    # the score ranked is still the image as given; the re-vote's own pooled score is kept beside it
+    weights = {"svm": 0.5, "transfer": 0.3, "cnn3d": 0.2}
+    assert np.isclose(d.p_abnormal, log_odds_pool(d.first_probs, weights))
+    assert np.isclose(d.tta_p_abnormal, log_odds_pool(d.probs, weights)) and d.tta_p_abnormal > d.p_abnormal
+    assert clear.tta_p_abnormal is None
     # a re-vote that is clear but leans the other way from the first one is unstable: review, not a flipped label
     flipped = fusion.decide({"svm": 0.3, "transfer": 0.6, "cnn3d": 0.55}, repredict=tta)  # leans normal (p 0.44)
     assert flipped.repredicted and flipped.label is None and flipped.review_reason == NO_MAJORITY

@@ -11,6 +11,7 @@ from lungdr.bundle import open_bundle
 from lungdr.cli import main
 from lungdr.config import (CNN3DConfig, FusionConfig, LungdrConfig, PreprocessConfig, SegmenterConfig, SVMConfig,
                            TransferConfig)
+from lungdr.ensemble import pool
 from lungdr.models.card import finish_bundle
 from lungdr.models.cnn3d import CNN3D
 from lungdr.models.svm import GaborSVM
@@ -96,8 +97,9 @@ def test_evaluate_writes_metrics_predictions_and_report(bundle, tmp_path):
     f = metrics["fusion"]
     assert f["needs_review"] + round(f["coverage"] * 5) == 5
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
-    assert len(rows) == 6 and {"id", "true_label", "label", "p_abnormal", "svm_vote", "cnn3d_p", "needs_review",
-                               "review_reason"} <= set(rows[0])
+    assert len(rows) == 6 and {"id", "true_label", "label", "p_abnormal", "p_abnormal_tta", "svm_vote", "cnn3d_p",
+                               "needs_review", "review_reason"} <= set(rows[0])
+    assert all("auc_ci95" in m for m in metrics.values())
     bad = [r for r in rows if r["id"] == "synthetic-dr-00005"][0]
     assert bad["error"].startswith("undecodable") or bad["error"].startswith("unsupported")
     page = (tmp_path / "out" / "report.html").read_text()
@@ -154,3 +156,11 @@ def test_classifier_metrics_are_each_models_own_prediction_not_the_fusions_tta(m
     tta = np.array([[float(r[f"{n}_p_tta"]) for n in names] for r in rows])
     first = np.array([[float(r[f"{n}_p"]) for n in names] for r in rows])
     assert not np.allclose(tta, first, atol=1e-4)  # the augmented copies did change what the models said
+    # the fused score ranked is the image as given; the re-vote's pooled score sits beside it
+    w = {n: pred.fusion.weights[n] / sum(pred.fusion.weights[m] for m in names) for n in names}
+    fused = np.array([pool(dict(zip(names, f)), w, pred.fusion.cfg.pooling) for f in first])
+    fused_tta = np.array([pool(dict(zip(names, t)), w, pred.fusion.cfg.pooling) for t in tta])
+    assert np.allclose([float(r["p_abnormal"]) for r in rows], fused, atol=1e-4)
+    assert np.allclose([float(r["p_abnormal_tta"]) for r in rows], fused_tta, atol=1e-4)
+    lo, hi = metrics["fusion"]["auc_ci95"]
+    assert lo <= metrics["fusion"]["auc"] <= hi

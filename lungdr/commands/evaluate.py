@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
 
     tally = ShiftTally(parse_variants(args.stress))
     metrics = evaluate_corpus(args.data, args.bundle, args.out, limit=args.limit, tally=tally)
-    summary = {k: {m: v.get(m) for m in ("accuracy", "auc", "auc_labelled", "n", "coverage") if m in v} for k, v in metrics.items()}
+    shown = ("accuracy", "auc", "auc_ci95", "auc_labelled", "n", "coverage", "vs_best_single")
+    summary = {k: {m: v.get(m) for m in shown if m in v} for k, v in metrics.items()}
     if tally.variants:
         summary["stress"] = {v: {k: row[k] for k in ("n", "wrong", "flagged", "normal_called_abnormal")}
                              for v, row in tally.table().items()}
