@@ -45,7 +45,7 @@ class AugmentConfig:
     fill: tuple[float, float] = (0.0, 0.0)  # grey level drawn for pixels the geometry pulls from outside the image
 
 
-TRAIN_PRECISIONS = ("fp32", "bf16")
+TRAIN_PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the hardware computes it (lungdr.device.native_bf16)
 
 
 def check_train_precision(section: str, precision: str) -> None:

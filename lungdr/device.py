@@ -31,7 +31,29 @@ def input_format(model: nn.Module, channels_last: bool) -> torch.memory_format:
     return nhwc_format(model) if channels_last else torch.contiguous_format
 
 
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or
+    AMX. Elsewhere bf16 autocast is emulated and far slower than fp32 (a 2-core AVX2-only AMD EPYC: training steps
+    8x to 45x slower in bf16 for the three networks; `lungdr bench train_speed` measures both)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if kind == "cpu":
+        cpu = torch.cpu
+        return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                    or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``precision`` as trained on ``device``: "auto" is "bf16" where ``native_bf16``, else "fp32"."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def train_autocast(device: torch.device | str, precision: str) -> AbstractContextManager:
-    """The forward pass's autocast: bfloat16 for ``precision`` "bf16" (weights and optimiser stay fp32; take the
-    loss on ``.float()`` outputs), a no-op for "fp32"."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """The forward pass's autocast: bfloat16 for ``precision`` "bf16" (or "auto" on ``native_bf16`` hardware;
+    weights and optimiser stay fp32; take the loss on ``.float()`` outputs), a no-op for "fp32"."""
+    enabled = resolve_precision(precision, device) == "bf16"
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)

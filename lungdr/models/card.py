@@ -33,6 +33,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
     augmented = "cnn3d" in classifiers and classifiers["cnn3d"].cfg.augment
     squared = [n for n, c in classifiers.items() if c.cfg.view == "square"]
     bf16 = [n for n, c in classifiers.items() if getattr(c.cfg, "train_precision", "fp32") == "bf16"]
+    auto = [n for n, c in classifiers.items() if getattr(c.cfg, "train_precision", "fp32") == "auto"]
     rows = "\n".join(
         f"| {n} | {_f(m.get('accuracy'))} | {_f(m.get('auc'))} | {_f(m.get('sensitivity'))} | "
         f"{_f(m.get('specificity'))} | {m.get('n')} |" for n, m in metrics.items())
@@ -54,6 +55,8 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
            f"{', '.join(squared)}."] if squared else []),
         *([f"- Trained with bfloat16-autocast forward passes (weights, loss and validation fp32): "
            f"{', '.join(bf16)}."] if bf16 else []),
+        *([f"- Trained with bfloat16-autocast forward passes where the hardware computes bf16 natively, fp32 "
+           f"elsewhere (train_precision auto; the run's log says which): {', '.join(auto)}."] if auto else []),
         f"- Lung segmenter: {'U-Net (segmenter/)' if has_segmenter else 'NONE in this bundle (masks came from the corpus)'}.",
         f"- Fusion weights (validation accuracy log-odds): {json.dumps({k: round(v, 3) for k, v in weights.items()})}",
         "- Each model's p_abnormal is Platt-calibrated on the validation split before the vote; the fused "

@@ -124,7 +124,7 @@ def network_loop(config: dict) -> None:
     from sklearn.metrics import roc_auc_score
     import torch
 
-    from lungdr.device import training_layout
+    from lungdr.device import resolve_precision, training_layout
     from lungdr.models.torchnet import predict, seed_everything, set_epoch_lr, state_dict_bytes, step_options, train_epoch
 
     name = config["name"]
@@ -165,6 +165,7 @@ def network_loop(config: dict) -> None:
                 with open(os.path.join(tmp, "model.pt"), "wb") as f:
                     f.write(state_dict_bytes(model))
                 meta = {**clf.extra_config(), "history": [h["loss"] for h in history], "epochs": history,
+                        "train_precision": resolve_precision(cfg.train_precision, device),
                         "ct_history": ct_losses, "ct_sources": config.get("ct_sources", {})}
                 with open(os.path.join(tmp, "meta.json"), "w") as f:
                     json.dump(meta, f)
@@ -322,5 +323,6 @@ def train_classifiers(data: str, out: str, cfg: LungdrConfig | None = None, ct: 
     summary = finish_bundle(out, classifiers, train, val, cfg, desc, segmenter=segmenter, seed=seed)
     summary.update(run=run, storage=storage, parallel=parallel, train_seconds=train_seconds,
                    per_model_seconds=timings, gpus=gpus,
-                   epochs={n: extras[n].get("epochs", []) for n in NETWORKS}, svm_cv=outcomes["svm"]["cv"])
+                   epochs={n: extras[n].get("epochs", []) for n in NETWORKS}, svm_cv=outcomes["svm"]["cv"],
+                   train_precision={n: extras[n].get("train_precision") for n in NETWORKS})
     return summary

@@ -378,7 +378,9 @@ def model_card(cfg: SegmenterConfig, metrics: dict, training_data: dict, size_by
         f"trained at {cfg.size} x {cfg.size} px with Dice + BCE"
         + (f" (BCE border-weighted: w0 {cfg.boundary_weight}, sigma {cfg.boundary_sigma} px)" if cfg.boundary_weight else "")
         + f", optimizer {cfg.optimizer} (lr {cfg.lr}), {cfg.epochs} epochs"
-        + (", forward passes in bfloat16 autocast (weights fp32)" if cfg.train_precision == "bf16" else "") + ".",
+        + {"bf16": ", forward passes in bfloat16 autocast (weights fp32)",
+           "auto": ", forward passes in bfloat16 autocast where the hardware computes bf16 natively, fp32 elsewhere",
+           }.get(cfg.train_precision, "") + ".",
         "",
         "## Intended use",
         "Lung-field masks on frontal chest radiographs as the first stage of lungdr. Not a diagnostic device.",

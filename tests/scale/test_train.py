@@ -7,15 +7,16 @@ import pytest
 
 from lungdr.bundle import open_bundle
 from lungdr.config import CNN3DConfig, FusionConfig, LungdrConfig, PreprocessConfig, SVMConfig, TransferConfig
+from lungdr.device import resolve_precision
 from lungdr.synthetic import write_ct_corpus, write_dr_corpus
 
 TINY = LungdrConfig(
     preprocess=PreprocessConfig(size=48),
     svm=SVMConfig(feature_size=48, C=(1.0, 10.0), cv_folds=3),
     transfer=TransferConfig(input_size=75, weights="none", freeze_first=15, finetune_last=1, epochs=2,
-                            batch_size=8, augment=True),
+                            batch_size=8, augment=True, train_precision="auto"),
     cnn3d=CNN3DConfig(depth=3, size=24, ct_shape=(8, 24, 24), epochs=2, batch_size=8, lr_schedule="cosine",
-                      train_precision="bf16", channels_last=True),  # the workers' speed settings (C2 stays fp32)
+                      train_precision="bf16", channels_last=True),  # the workers' speed settings (C2: auto)
     fusion=FusionConfig(ood_quantile=0.95),
 )
 
@@ -40,6 +41,9 @@ def test_parallel_training_writes_a_verified_bundle(ray_session, tmp_path):
     c3 = json.loads(bundle.path("classifiers/cnn3d/config.json").read_text())["config"]
     assert c3["train_precision"] == "bf16" and c3["channels_last"]
     assert "bfloat16-autocast forward passes (weights, loss and validation fp32): cnn3d." in bundle.card()
+    assert "natively, fp32 elsewhere (train_precision auto; the run's log says which): transfer." in bundle.card()
+    # what each worker actually used: auto resolved on the worker's device (the CPU here)
+    assert summary["train_precision"] == {"transfer": resolve_precision("auto", "cpu"), "cnn3d": "bf16"}
     assert m["training_data"]["train"] + m["training_data"]["val"] == 40 and m["training_data"]["ct"]["labelled_volumes"] == 4
     assert "coverage" in m["metrics"]["fusion"] and m["metrics"]["fusion"]["n"] == m["training_data"]["val"]
     fusion = json.loads((bundle.root / "fusion.json").read_text())
