@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,8 +42,24 @@ class ClusterStartError(LungdrError):
     code = "cluster_start"
 
 
+# Ports handed out by ``free_port``: above Ray's default worker ports (10002-19999) and below Linux's ephemeral
+# range (32768-60999), from which every outgoing connection takes its local port. A port the OS picks for bind(0)
+# comes from that ephemeral range, so one of Ray's many connections could take it before the server binds it
+# (seen once: Serve's proxy "Failed to bind to address 127.0.0.1:33373").
+PORT_RANGE = (20000, 32768)
+
+
 def free_port() -> int:
-    """A TCP port that is free right now (the OS picks it)."""
+    """A TCP port that is free right now, drawn from ``PORT_RANGE`` (the OS's pick only if none is free there)."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind((_HOST, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((_HOST, 0))
         return s.getsockname()[1]
