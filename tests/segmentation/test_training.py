@@ -177,3 +177,17 @@ def test_refit_trains_again_on_every_human_mask_and_keeps_the_validated_estimate
     assert main(args + ["--bundle", str(tmp_path / "all")]) == 2
     assert "refit on every human mask" in capsys.readouterr().err
     assert main(args + ["--bundle", str(tmp_path / "val")]) == 0
+
+
+@pytest.mark.parametrize("precision, says", [
+    ("fp32", None),
+    ("bf16", "forward passes in bfloat16 autocast (weights fp32)."),
+    ("auto", "bfloat16 autocast where the hardware computes bf16 natively, fp32 elsewhere."),
+])
+def test_card_states_the_training_precision(precision, says):
+    from lungdr.segmentation.training import model_card
+
+    card = model_card(SegmenterConfig(train_precision=precision), {"val_dice": 0.9}, {"images": 4}, 1000, [])
+    assert ("bfloat16" in card) == (says is not None)
+    if says:
+        assert says in card
