@@ -112,7 +112,7 @@ class PretrainConfig:
             raise ConfigError(f"pretrain.paint_fill must be one of {PAINT_FILLS}, got {self.paint_fill!r}")
 
 
-VIEWS = ("letterbox", "square")  # what a classifier sees of the film (lungdr/transforms.py: classifier_view)
+VIEWS = ("letterbox", "square", "lungs")  # what a classifier sees of the film (lungdr/transforms.py: classifier_view)
 
 
 def check_view(view: str) -> None:
@@ -152,7 +152,7 @@ class SVMConfig:
     gamma: tuple[str | float, ...] = ("scale*0.5", "scale", "scale*2")  # x sklearn "scale", or absolute; CV picks
     pca: tuple[float, ...] = (0.95,)  # fraction of variance (float < 1) or component count
     cv_folds: int = 10
-    view: str = "letterbox"  # "square": the film stretched to fill the square, letterbox bars dropped
+    view: str = "letterbox"  # "square": film stretched to the square, bars dropped; "lungs": framed around the lungs
     seed: int = 0
 
     def __post_init__(self):
@@ -186,7 +186,7 @@ class TransferConfig:
     batch_size: int = 16
     epochs: int = 5
     augment: bool = True
-    view: str = "letterbox"  # "square": the film stretched to fill the square, letterbox bars dropped
+    view: str = "letterbox"  # "square": film stretched to the square, bars dropped; "lungs": framed around the lungs
     seed: int = 0
     train_precision: str = "fp32"  # "bf16": training forward passes under bfloat16 autocast (as segmenter.train_precision)
     channels_last: bool = False  # NHWC / NDHWC training layout (~1.2x on CPU; with bf16 ~1.8x on AVX512-BF16 CPUs)
@@ -208,7 +208,7 @@ class CNN3DConfig:
     batch_size: int = 16
     epochs: int = 10
     augment: bool = False  # geometric augmentation of the training volumes (one draw for all frames of a volume)
-    view: str = "letterbox"  # "square": the film stretched to fill the square, letterbox bars dropped
+    view: str = "letterbox"  # "square": film stretched to the square, bars dropped; "lungs": framed around the lungs
     seed: int = 0
     train_precision: str = "fp32"  # "bf16": training forward passes under bfloat16 autocast (as segmenter.train_precision)
     channels_last: bool = False  # NHWC / NDHWC training layout (~1.2x on CPU; with bf16 ~1.8x on AVX512-BF16 CPUs)

@@ -229,13 +229,54 @@ def fill_square(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nda
             resize(mask[y0:y1, x0:x1], image.shape, "nearest"))
 
 
+LUNG_VIEW_MARGIN = 0.1  # ``frame_lungs``: context kept on each side, as a share of the lung box's longer side
+
+
+def frame_lungs(image: np.ndarray, mask: np.ndarray, margin: float = LUNG_VIEW_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """The film framed around its lungs: a square centred on the lung mask's bounding box, its side the box's
+    longer side plus ``margin`` of it on each side, cut from the film (its ``content_box``: letterbox bars are not
+    film) and resized to the image's size (image: area / linear, mask: nearest). Aspect is kept. Where the square
+    reaches past the film, the film is mirrored at its edge (the mask is 0 there). An empty mask leaves the pair
+    unchanged.
+
+    Why: how much of the body a film shows around the lungs is a matter of collimation, not disease (adult films
+    are framed tightly, the paediatric training films show neck, arms and belly). Framed this way, the same chest
+    framed tightly or loosely gives nearly the same input at the same lung scale (classifier configs:
+    ``view: lungs``); ``fill_square`` instead stretches a tight crop (docs/CLASSIFIERS.md, run 14). Why mirrored,
+    not black: a tightly framed film would otherwise come with black bars all round, and black bars mark the
+    corpus's own-aspect storage form, which holds more pneumonia films (C1 then called 42 instead of 27 tightly
+    framed normal test films abnormal; docs/CLASSIFIERS.md, "Framing the film around its lungs")."""
+    image, mask = _check_2d(image), _check_2d(mask, "mask")
+    if mask.shape != image.shape:
+        raise ConfigError(f"mask shape {mask.shape} != image shape {image.shape}")
+    if not 0 <= margin <= 1:
+        raise ConfigError(f"lung view margin must be in [0, 1], got {margin}")
+    box = nonzero_box(mask)
+    if box is None:
+        return image, mask
+    fy0, fy1, fx0, fx1 = content_box(image)
+    film, lungs = image[fy0:fy1, fx0:fx1], mask[fy0:fy1, fx0:fx1]
+    y0, y1, x0, x1 = box[0] - fy0, box[1] - fy0, box[2] - fx0, box[3] - fx0  # the lung box on the film
+    side = max(1, int(round(max(y1 - y0, x1 - x0) * (1 + 2 * margin))))
+    top, left = int(round((y0 + y1 - side) / 2)), int(round((x0 + x1 - side) / 2))
+    h, w = film.shape
+    pads = ((max(0, -top), max(0, top + side - h)), (max(0, -left), max(0, left + side - w)))
+    if any(any(p) for p in pads):
+        film, lungs = np.pad(film, pads, mode="symmetric"), np.pad(lungs, pads)
+        top, left = top + pads[0][0], left + pads[1][0]
+    rows, cols = slice(top, top + side), slice(left, left + side)
+    return resize(film[rows, cols], image.shape, "area"), resize(lungs[rows, cols], image.shape, "nearest")
+
+
 def classifier_view(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                     view: str = "letterbox") -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """What a classifier sees of preprocessed images and masks: as they are (``letterbox``) or ``fill_square``d."""
+    """What a classifier sees of preprocessed images and masks: as they are (``letterbox``), ``fill_square``d
+    (``square``) or framed around the lungs (``lungs``: ``frame_lungs``)."""
     check_view(view)
     if view == "letterbox":
         return list(images), list(masks)
-    pairs = [fill_square(i, m) for i, m in zip(images, masks)]
+    frame = fill_square if view == "square" else frame_lungs
+    pairs = [frame(i, m) for i, m in zip(images, masks)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 

@@ -85,9 +85,9 @@ def test_segmenter_training_precision_is_checked():
 
 def test_classifier_view_and_ood_statistics_are_checked_when_read(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("svm:\n  view: square\ncnn3d:\n  view: square\nfusion:\n  ood_statistics: [image]\n")
+    path.write_text("svm:\n  view: square\ncnn3d:\n  view: lungs\nfusion:\n  ood_statistics: [image]\n")
     cfg = load_config(path)
-    assert (cfg.svm.view, cfg.transfer.view, cfg.cnn3d.view) == ("square", "letterbox", "square")
+    assert (cfg.svm.view, cfg.transfer.view, cfg.cnn3d.view) == ("square", "letterbox", "lungs")
     assert cfg.fusion.ood_statistics == ("image",)
     for text, key in (("transfer:\n  view: stretched\n", "view"), ("fusion:\n  ood_statistics: [mask, age]\n",
                                                                    "ood_statistics")):

@@ -12,7 +12,7 @@ from lungdr.config import PreprocessConfig
 from lungdr.errors import ConfigError, UnsupportedFormatError
 from lungdr.transforms import (
     Letterboxd, LetterboxInfo, Preprocess, Preprocessd, Unletterboxd, clahe, classifier_view, content_box,
-    equalize_hist, fill_square, letterbox, normalize, to_gray, unletterbox, unletterbox_mask,
+    equalize_hist, fill_square, frame_lungs, letterbox, nonzero_box, normalize, to_gray, unletterbox, unletterbox_mask,
 )
 
 
@@ -173,3 +173,63 @@ def test_fill_square_drops_the_letterbox_bars():
         classifier_view([boxed], [boxed_mask], "stretched")
     with pytest.raises(ConfigError):
         fill_square(boxed, boxed_mask[:-1])
+
+
+def test_frame_lungs_centres_the_lung_box_at_a_fixed_scale():
+    yy, xx = np.mgrid[0:64, 0:64]
+    image = (0.2 + 0.6 * yy / 64 * (0.5 + 0.5 * np.sin(xx / 5))).astype(np.float32)  # smooth, no zero pixel
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 16:48] = 1  # a 20 x 32 lung box: the square is 32 * 1.2 = 38 px, centred on it
+    framed, framed_mask = frame_lungs(image, mask, margin=0.1)
+    assert framed.shape == framed_mask.shape == (64, 64) and framed.dtype == np.float32
+    ys, xs = np.flatnonzero(framed_mask.any(1)), np.flatnonzero(framed_mask.any(0))
+    assert abs(xs[0] - 64 * 0.1 / 1.2) <= 1.5 and abs(63 - xs[-1] - 64 * 0.1 / 1.2) <= 1.5  # margin 1/12 a side
+    assert abs((ys[0] + ys[-1]) / 2 - 31.5) <= 1.5  # centred vertically too, aspect kept (20 / 32 of the width)
+    assert abs((ys[-1] - ys[0] + 1) / (xs[-1] - xs[0] + 1) - 20 / 32) < 0.05
+    # lungs at the film's top edge: the square reaches past it, where the film is mirrored and holds no lung
+    edge = np.zeros((64, 64), np.uint8)
+    edge[0:20, 10:54] = 1
+    top, top_mask = frame_lungs(image, edge)
+    above = np.flatnonzero(top_mask.any(1))[0]  # rows above the lungs: the mirror image of the film's first rows
+    assert above >= 4 and top.min() > 0
+    np.testing.assert_allclose(top[above - 3:above], top[above:above + 3][::-1], atol=0.05)
+    # a film stored at its own aspect (letterbox bars): the bars are not film, the view shows none
+    pre = Preprocess(PreprocessConfig(size=64, equalization="none"))
+    boxed, info = pre(image[16:48])
+    boxed_mask = pre.mask(mask[16:48], info)
+    assert boxed.min() == 0 and frame_lungs(boxed, boxed_mask)[0].min() > 0
+    # no lungs found: nothing to frame around
+    empty = np.zeros((64, 64), np.uint8)
+    same, same_mask = frame_lungs(image, empty)
+    assert same is image and same_mask is empty
+    views = classifier_view([image], [mask], "lungs")
+    assert np.array_equal(views[0][0], framed) and np.array_equal(views[1][0], framed_mask)
+    with pytest.raises(ConfigError):
+        frame_lungs(image, mask[:-1])
+    with pytest.raises(ConfigError):
+        frame_lungs(image, mask, margin=-0.1)
+
+
+def test_frame_lungs_sees_a_tightly_framed_film_like_the_film_itself(sample_dir):
+    """A real film and the same film framed tightly around its lungs (the stress suite's ``zoom_in``) differ as
+    stored, and look alike once each is framed around its lungs."""
+    from lungdr.segmentation.stress import shifted
+
+    img, mask = _first_sample(sample_dir, "0")
+    tight, tight_mask = shifted("zoom_in", img, mask, seed=0)
+    pre = Preprocess(PreprocessConfig(size=128))
+    views = []
+    for film, lungs in ((img, mask), (tight, tight_mask)):
+        x, info = pre(film)
+        views.append((x, pre.mask(lungs, info)))
+    (x0, m0), (x1, m1) = views
+    f0, fm0 = frame_lungs(x0, m0)
+    f1, fm1 = frame_lungs(x1, m1)
+    assert _dice(m0, m1) < 0.85  # as stored the lungs sit at another scale
+    assert _dice(fm0, fm1) > 0.9
+    # pixel for pixel the framed films agree over the lungs' box (outside it the tight film lacks the context the
+    # loose one has and shows its own edge mirrored); as stored they do not
+    y0, y1, x0_, x1_ = nonzero_box(fm0)
+    same = np.corrcoef(f0[y0:y1, x0_:x1_].ravel(), f1[y0:y1, x0_:x1_].ravel())[0, 1]
+    assert same > 0.9 and same > np.corrcoef(x0.ravel(), x1.ravel())[0, 1] + 0.2
+    assert f1.min() > 0  # no black bars around the tight film

@@ -7,6 +7,8 @@ import resource
 import time
 from contextlib import contextmanager
 
+import numpy as np
+
 from lungdr.io import load_corpus
 from lungdr.rows import item_row
 
@@ -26,6 +28,16 @@ def cycled_items(uri: str | None, n: int) -> list:
         row["id"] = f"{row['id']}#{i // len(base)}"
         items.append(row)
     return items
+
+
+def preprocess_and_segment(seg, images, batch: int = 64) -> tuple[np.ndarray, np.ndarray, list]:
+    """Original images through a ``Segmenter``: preprocessed ``(N, S, S)`` float32 images, their post-processed
+    uint8 lung masks and letterbox infos, as ``lungdr train`` and the predictor make them."""
+    prepared = [seg.pre(image) for image in images]
+    x = np.stack([p[0] for p in prepared]).astype(np.float32)
+    probs = np.concatenate([seg.probabilities(x[k:k + batch]) for k in range(0, len(x), batch)])
+    m = np.stack([seg.masks_from_probabilities(p) for p in probs]).astype(np.uint8)
+    return x, m, [p[1] for p in prepared]
 
 
 @contextmanager

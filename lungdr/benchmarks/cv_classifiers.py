@@ -49,6 +49,7 @@ def prepare(data: list[str], segmenter: str, out: str, config: str | None = None
             device: str | None = None, procs: int = 1, limit: int | None = None) -> dict:
     from sklearn.model_selection import GroupKFold
 
+    from lungdr.benchmarks.common import preprocess_and_segment
     from lungdr.config import load_config
     from lungdr.errors import ConfigError
     from lungdr.io import decode, load_corpus, patient_split, read_bytes
@@ -59,9 +60,7 @@ def prepare(data: list[str], segmenter: str, out: str, config: str | None = None
     items = [items[k] for k in np.random.default_rng(0).permutation(len(items))][:limit]
     if len({i.id for i in items}) != len(items):
         raise ConfigError("the corpora share image ids: give corpora with distinct ids")
-    x = np.stack([seg.pre(decode(read_bytes(i.uri), i.uri).image)[0] for i in items]).astype(np.float32)
-    probs = np.concatenate([seg.probabilities(x[k:k + 64]) for k in range(0, len(x), 64)])
-    m = np.stack([seg.masks_from_probabilities(p) for p in probs]).astype(np.uint8)
+    x, m, _ = preprocess_and_segment(seg, [decode(read_bytes(i.uri), i.uri).image for i in items])
     svm_cfg = load_config(config).svm
     chunks = [(x[k:k + 25], m[k:k + 25], svm_cfg) for k in range(0, len(x), 25)]
     if procs > 1:

@@ -32,6 +32,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
     grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
     augmented = "cnn3d" in classifiers and classifiers["cnn3d"].cfg.augment
     squared = [n for n, c in classifiers.items() if c.cfg.view == "square"]
+    framed = [n for n, c in classifiers.items() if c.cfg.view == "lungs"]
     bf16 = [n for n, c in classifiers.items() if getattr(c.cfg, "train_precision", "fp32") == "bf16"]
     auto = [n for n, c in classifiers.items() if getattr(c.cfg, "train_precision", "fp32") == "auto"]
     rows = "\n".join(
@@ -53,6 +54,8 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         + (" after pre-training on synthetic CT phantoms." if training_data.get("ct") else "."),
         *([f"- Classifiers seeing the film stretched to the full square (letterbox bars dropped): "
            f"{', '.join(squared)}."] if squared else []),
+        *([f"- Classifiers seeing the film framed around its segmented lungs (one lung scale whatever the "
+           f"collimation; a wrong lung mask frames the wrong region): {', '.join(framed)}."] if framed else []),
         *([f"- Trained with bfloat16-autocast forward passes (weights, loss and validation fp32): "
            f"{', '.join(bf16)}."] if bf16 else []),
         *([f"- Trained with bfloat16-autocast forward passes where the hardware computes bf16 natively, fp32 "

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from lungdr.models import load_classifier
 from lungdr.models.base import ModelInputError, NotFittedError
 from lungdr.synthetic import make_dr_phantom
-from lungdr.transforms import fill_square, letterbox
+from lungdr.transforms import fill_square, frame_lungs, letterbox
 
 
 def phantom_set(n: int, size: int, seed: int):
@@ -112,3 +112,17 @@ class ClassifierContract:
                                       square.predict_proba([f[0] for f in filled], [f[1] for f in filled]))
         seen = fitted.embed(boxed, boxed_masks), fitted.embed([f[0] for f in filled], [f[1] for f in filled])
         assert not np.allclose(*seen)
+
+    def test_lungs_view_ignores_how_tightly_the_film_is_framed(self, fitted, data):
+        """``view: lungs``: a film and the same film cropped to the square around its lungs (the framing a tight
+        collimation would give) are one input up to resampling; the default view sees the lungs at another scale."""
+        (images, masks, y), (t_images, t_masks, _), groups = data
+        k = 8
+        lungs = type(fitted)(dataclasses.replace(self.make().cfg, view="lungs"))
+        lungs.fit(images[:k], masks[:k], y[:k], groups=groups[:k])
+        tight = [frame_lungs(i, m) for i, m in zip(t_images[:4], t_masks[:4])]
+        tight_images, tight_masks = [t[0] for t in tight], [t[1] for t in tight]
+        np.testing.assert_allclose(lungs.predict_proba(t_images[:4], t_masks[:4]),
+                                   lungs.predict_proba(tight_images, tight_masks), atol=0.05)
+        seen = fitted.embed(t_images[:4], t_masks[:4]), fitted.embed(tight_images, tight_masks)
+        assert not np.allclose(*seen, atol=1e-3)

@@ -19,3 +19,19 @@ def test_card_names_c3_augmentation_and_c2_weights(augment):
     assert "not tuberculosis" in card and "NOT pretrained" in card and "- caveat" in card
     c3 = next(line for line in card.splitlines() if line.startswith("- C3"))
     assert ("geometric augmentation" in c3) is augment
+
+
+@pytest.mark.parametrize("views", [("letterbox", "letterbox"), ("lungs", "square"), ("square", "lungs")])
+def test_card_says_which_classifiers_see_another_view(views):
+    c1, c3 = views
+    classifiers = {"svm": GaborSVM(SVMConfig(view=c1)), "cnn3d": CNN3D(CNN3DConfig(view=c3))}
+    card = model_card(classifiers, {}, {"svm": 0.5, "cnn3d": 0.5}, {"train": 10}, [], has_segmenter=True)
+
+    def named(phrase):  # the models a card line with ``phrase`` lists
+        return [line.rsplit(": ", 1)[1] for line in card.splitlines() if phrase in line]
+
+    def expected(view):
+        return [f"{n}." for n, v in zip(("svm", "cnn3d"), views) if v == view]
+
+    assert named("framed around its segmented lungs") == expected("lungs")
+    assert named("stretched to the full square") == expected("square")
