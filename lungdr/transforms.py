@@ -243,9 +243,9 @@ def frame_lungs(image: np.ndarray, mask: np.ndarray, margin: float = LUNG_VIEW_M
     are framed tightly, the paediatric training films show neck, arms and belly). Framed this way, the same chest
     framed tightly or loosely gives nearly the same input at the same lung scale (classifier configs:
     ``view: lungs``); ``fill_square`` instead stretches a tight crop (docs/CLASSIFIERS.md, run 14). Why mirrored,
-    not black: a tightly framed film would otherwise come with black bars all round, and black bars mark the
-    corpus's own-aspect storage form, which holds more pneumonia films (C1 then called 42 instead of 27 tightly
-    framed normal test films abnormal; docs/CLASSIFIERS.md, "Framing the film around its lungs")."""
+    not black: so the view never shows letterbox bars, which mark kermany_cls's own-aspect storage form (more
+    pneumonia films) and every film of a hospital archive; a tight film would get them all round. On C1 the two
+    fills scored alike (docs/CLASSIFIERS.md, "Framing the film around its lungs")."""
     image, mask = _check_2d(image), _check_2d(mask, "mask")
     if mask.shape != image.shape:
         raise ConfigError(f"mask shape {mask.shape} != image shape {image.shape}")
