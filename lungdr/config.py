@@ -120,6 +120,14 @@ def check_view(view: str) -> None:
         raise ConfigError(f"view must be one of {VIEWS}, got {view!r}")
 
 
+INTENSITIES = ("film", "lungs")  # a classifier's grey levels: as preprocessed, or equalized over the lung box
+
+
+def check_intensity(intensity: str) -> None:
+    if intensity not in INTENSITIES:
+        raise ConfigError(f"intensity must be one of {INTENSITIES}, got {intensity!r}")
+
+
 def gamma_factor(choice: str | float) -> float | None:
     """An ``svm.gamma`` entry as a multiple of scikit-learn's "scale" ("scale" -> 1, "scale*F" -> F), or None for
     an absolute number; anything else is a ConfigError."""
@@ -140,6 +148,9 @@ def gamma_factor(choice: str | float) -> float | None:
     raise ConfigError(f'svm.gamma entries are "scale", "scale*F" (F > 0) or a positive number, got {choice!r}')
 
 
+CONTEXT_REGIONS = ("image", "lung_box")  # where C1's mask-free context features are taken
+
+
 @dataclass(frozen=True)
 class SVMConfig:
     orientations: tuple[float, ...] = (0.0, 45.0, 90.0, 135.0)
@@ -148,17 +159,22 @@ class SVMConfig:
     regional: bool = True  # also pool per lung zone (left/right x upper/middle/lower), not only the whole field
     hist_bins: int = 16  # > 0: append the lung-intensity histogram with this many bins
     context_grid: int = 6  # > 0: append mask-free whole-image texture and a grid x grid map of it (0: lung field only)
+    context_region: str = "image"  # where that context is taken: "image" (whole) | "lung_box" (the lung mask's box)
     C: tuple[float, ...] = (1.0, 10.0, 100.0)
     gamma: tuple[str | float, ...] = ("scale*0.5", "scale", "scale*2")  # x sklearn "scale", or absolute; CV picks
     pca: tuple[float, ...] = (0.95,)  # fraction of variance (float < 1) or component count
     cv_folds: int = 10
     view: str = "letterbox"  # "square": film stretched to the square, bars dropped; "lungs": framed around the lungs
+    intensity: str = "film"  # "lungs": equalized again over the lung box (grey levels that ignore the framing)
     seed: int = 0
 
     def __post_init__(self):
         check_view(self.view)
+        check_intensity(self.intensity)
         for choice in self.gamma:
             gamma_factor(choice)
+        if self.context_region not in CONTEXT_REGIONS:
+            raise ConfigError(f"svm.context_region must be one of {CONTEXT_REGIONS}, got {self.context_region!r}")
         if self.context_grid < 0 or self.context_grid * 4 > self.feature_size:
             raise ConfigError(f"svm.context_grid must be 0 or a grid of cells of at least 4 px on the "
                               f"{self.feature_size} px feature image, got {self.context_grid}")
@@ -187,6 +203,7 @@ class TransferConfig:
     epochs: int = 5
     augment: bool = True
     view: str = "letterbox"  # "square": film stretched to the square, bars dropped; "lungs": framed around the lungs
+    intensity: str = "film"  # "lungs": equalized again over the lung box (grey levels that ignore the framing)
     seed: int = 0
     train_precision: str = "fp32"  # "bf16": training forward passes under bfloat16 autocast (as segmenter.train_precision)
     channels_last: bool = False  # NHWC / NDHWC training layout (~1.2x on CPU; with bf16 ~1.8x on AVX512-BF16 CPUs)
@@ -194,6 +211,7 @@ class TransferConfig:
     def __post_init__(self):
         check_lr_schedule(self.lr_schedule)
         check_view(self.view)
+        check_intensity(self.intensity)
         check_train_precision("transfer", self.train_precision)
 
 
@@ -209,6 +227,7 @@ class CNN3DConfig:
     epochs: int = 10
     augment: bool = False  # geometric augmentation of the training volumes (one draw for all frames of a volume)
     view: str = "letterbox"  # "square": film stretched to the square, bars dropped; "lungs": framed around the lungs
+    intensity: str = "film"  # "lungs": equalized again over the lung box (grey levels that ignore the framing)
     seed: int = 0
     train_precision: str = "fp32"  # "bf16": training forward passes under bfloat16 autocast (as segmenter.train_precision)
     channels_last: bool = False  # NHWC / NDHWC training layout (~1.2x on CPU; with bf16 ~1.8x on AVX512-BF16 CPUs)
@@ -216,6 +235,7 @@ class CNN3DConfig:
     def __post_init__(self):
         check_lr_schedule(self.lr_schedule)
         check_view(self.view)
+        check_intensity(self.intensity)
         check_train_precision("cnn3d", self.train_precision)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import cv2
 import numpy as np
 
-from lungdr.config import PreprocessConfig, check_view
+from lungdr.config import PreprocessConfig, check_intensity, check_view
 from lungdr.errors import ConfigError, UnsupportedFormatError
 
 _INTERP = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST_EXACT,
@@ -268,16 +268,51 @@ def frame_lungs(image: np.ndarray, mask: np.ndarray, margin: float = LUNG_VIEW_M
     return resize(film[rows, cols], image.shape, "area"), resize(lungs[rows, cols], image.shape, "nearest")
 
 
-def classifier_view(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                    view: str = "letterbox") -> tuple[list[np.ndarray], list[np.ndarray]]:
+FILM_FLOOR = 1 / 255  # ``equalize_lung_box``: the film's lowest grey level, so that only letterbox bars are 0
+
+
+def equalize_lung_box(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A preprocessed film equalized again, its cumulative histogram counted over the lung mask's bounding box
+    (lungs, mediastinum, heart, diaphragm domes) and applied to the whole film. Film darker than anything in the box
+    maps to ``FILM_FLOOR``, so letterbox bars stay the only 0 pixels (``content_box`` is unchanged). An empty mask
+    leaves the image unchanged.
+
+    Why: preprocessing equalizes over the whole film, so what surrounds the lungs sets their grey levels. A film
+    framed tightly around its lungs (adult collimation) has little bright soft tissue and bone around them, and its
+    lungs come out darker and more contrasted than the same lungs on a loosely framed film, by several times the
+    normal-to-pneumonia difference (docs/CLASSIFIERS.md, "Framing the film around its lungs"). The lung box is the
+    same anatomy however the film is framed, so its histogram is a reference that does not move with collimation
+    (classifier configs: ``intensity: lungs``)."""
+    image, mask = _check_2d(image), _check_2d(mask, "mask")
+    if mask.shape != image.shape:
+        raise ConfigError(f"mask shape {mask.shape} != image shape {image.shape}")
+    box = nonzero_box(mask)
+    if box is None:
+        return image
+    fy0, fy1, fx0, fx1 = content_box(image)
+    reference = np.zeros(image.shape, np.uint8)
+    reference[box[0]:box[1], box[2]:box[3]] = 1
+    out = np.zeros(image.shape, np.float32)
+    film = equalize_hist(image, reference)[fy0:fy1, fx0:fx1]
+    out[fy0:fy1, fx0:fx1] = FILM_FLOOR + (1 - FILM_FLOOR) * film  # film darker than the box stays film, not bar
+    return out
+
+
+def classifier_view(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], view: str = "letterbox",
+                    intensity: str = "film") -> tuple[list[np.ndarray], list[np.ndarray]]:
     """What a classifier sees of preprocessed images and masks: as they are (``letterbox``), ``fill_square``d
-    (``square``) or framed around the lungs (``lungs``: ``frame_lungs``)."""
+    (``square``) or framed around the lungs (``lungs``: ``frame_lungs``); then grey levels as preprocessing left
+    them (``intensity: film``) or equalized over the lung box (``lungs``: ``equalize_lung_box``)."""
     check_view(view)
-    if view == "letterbox":
-        return list(images), list(masks)
-    frame = fill_square if view == "square" else frame_lungs
-    pairs = [frame(i, m) for i, m in zip(images, masks)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+    check_intensity(intensity)
+    images, masks = list(images), list(masks)
+    if view != "letterbox":
+        frame = fill_square if view == "square" else frame_lungs
+        pairs = [frame(i, m) for i, m in zip(images, masks)]
+        images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+    if intensity == "lungs":
+        images = [equalize_lung_box(i, m) for i, m in zip(images, masks)]
+    return images, masks
 
 
 # ---------------------------------------------------------------- callable classes

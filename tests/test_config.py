@@ -85,12 +85,15 @@ def test_segmenter_training_precision_is_checked():
 
 def test_classifier_view_and_ood_statistics_are_checked_when_read(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("svm:\n  view: square\ncnn3d:\n  view: lungs\nfusion:\n  ood_statistics: [image]\n")
+    path.write_text("svm:\n  view: square\ncnn3d:\n  view: lungs\n  intensity: lungs\n"
+                    "fusion:\n  ood_statistics: [image]\n")
     cfg = load_config(path)
     assert (cfg.svm.view, cfg.transfer.view, cfg.cnn3d.view) == ("square", "letterbox", "lungs")
+    assert (cfg.svm.intensity, cfg.transfer.intensity, cfg.cnn3d.intensity) == ("film", "film", "lungs")
     assert cfg.fusion.ood_statistics == ("image",)
-    for text, key in (("transfer:\n  view: stretched\n", "view"), ("fusion:\n  ood_statistics: [mask, age]\n",
-                                                                   "ood_statistics")):
+    for text, key in (("transfer:\n  view: stretched\n", "view"), ("svm:\n  intensity: lung\n", "intensity"),
+                      ("svm:\n  context_region: box\n", "context_region"),
+                      ("fusion:\n  ood_statistics: [mask, age]\n", "ood_statistics")):
         path.write_text(text)
         with pytest.raises(ConfigError, match=key):
             load_config(path)

@@ -11,8 +11,9 @@ import pytest
 from lungdr.config import PreprocessConfig
 from lungdr.errors import ConfigError, UnsupportedFormatError
 from lungdr.transforms import (
-    Letterboxd, LetterboxInfo, Preprocess, Preprocessd, Unletterboxd, clahe, classifier_view, content_box,
-    equalize_hist, fill_square, frame_lungs, letterbox, nonzero_box, normalize, to_gray, unletterbox, unletterbox_mask,
+    FILM_FLOOR, Letterboxd, LetterboxInfo, Preprocess, Preprocessd, Unletterboxd, clahe, classifier_view, content_box,
+    equalize_hist, equalize_lung_box, fill_square, frame_lungs, letterbox, nonzero_box, normalize, to_gray, unletterbox,
+    unletterbox_mask,
 )
 
 
@@ -233,3 +234,52 @@ def test_frame_lungs_sees_a_tightly_framed_film_like_the_film_itself(sample_dir)
     same = np.corrcoef(f0[y0:y1, x0_:x1_].ravel(), f1[y0:y1, x0_:x1_].ravel())[0, 1]
     assert same > 0.9 and same > np.corrcoef(x0.ravel(), x1.ravel())[0, 1] + 0.2
     assert f1.min() > 0  # no black bars around the tight film
+
+
+def test_equalize_lung_box_takes_its_reference_from_the_lung_box():
+    yy, xx = np.mgrid[0:64, 0:64]
+    image = (0.1 + 0.8 * (yy * 64 + xx) / 4096).astype(np.float32)  # every grey level once, rising row by row
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 8:24], mask[16:48, 40:56] = 1, 1  # two lungs; their box is rows 16-47, columns 8-55
+    out = equalize_lung_box(image, mask)
+    box = out[16:48, 8:56]
+    assert out.dtype == np.float32 and abs(box.mean() - 0.5) < 0.02  # ~uniform over the box
+    np.testing.assert_allclose(np.sort(box.ravel()), np.linspace(FILM_FLOOR, 1, box.size), atol=0.02)
+    assert np.all(np.diff(out.ravel()) >= 0)  # monotonic: grey levels keep their order
+    assert np.all(out[:16] <= box.min()) and np.all(out[48:] >= box.max())  # outside the box's range: clipped
+    assert out.min() == pytest.approx(FILM_FLOOR)  # ...but film darker than the box is still film, not bar
+    # the same film under another exposure curve: equalization takes the curve out
+    np.testing.assert_allclose(equalize_lung_box(image ** 2.2, mask), out, atol=0.01)
+    # letterbox bars stay bars
+    pre = Preprocess(PreprocessConfig(size=64, equalization="none"))
+    boxed, info = pre(image[:, 8:56])
+    boxed_mask = pre.mask(mask[:, 8:56], info)
+    eq = equalize_lung_box(boxed, boxed_mask)
+    assert content_box(eq) == content_box(boxed) and np.all(eq[boxed == 0] == 0)
+    empty = np.zeros((64, 64), np.uint8)
+    assert equalize_lung_box(image, empty) is image
+    views = classifier_view([image], [mask], "lungs", "lungs")
+    np.testing.assert_array_equal(views[0][0], equalize_lung_box(*frame_lungs(image, mask)))
+    with pytest.raises(ConfigError):
+        equalize_lung_box(image, mask[:-1])
+    with pytest.raises(ConfigError, match="intensity"):
+        classifier_view([image], [mask], "lungs", "lung")
+
+
+def test_equalize_lung_box_gives_a_tightly_framed_film_the_grey_levels_of_the_film_itself(sample_dir):
+    """Preprocessing equalizes over the whole film, so framing the same lungs tightly (the stress suite's
+    ``zoom_in``) darkens them; equalized over the lung box they keep their grey levels."""
+    from lungdr.segmentation.stress import shifted
+
+    pre = Preprocess(PreprocessConfig(size=128))
+    for label in ("0", "1"):
+        img, mask = _first_sample(sample_dir, label)
+        tight, tight_mask = shifted("zoom_in", img, mask, seed=0)
+        means = []
+        for film, lungs in ((img, mask), (tight, tight_mask)):
+            x, info = pre(film)
+            m = pre.mask(lungs, info).astype(bool)
+            means.append((x[m].mean(), equalize_lung_box(x, m.astype(np.uint8))[m].mean()))
+        (film0, box0), (film1, box1) = means
+        assert film0 - film1 > 0.03  # as preprocessed: the tight film's lungs come out darker
+        assert abs(box0 - box1) < 0.01 and abs(box0 - box1) < (film0 - film1) / 4

@@ -10,7 +10,8 @@ the classifiers read as disease (docs/CLASSIFIERS.md, "Shifted scans"). ``view: 
   validation rows exactly as ``lungdr train`` splits the development corpus, and every test film again under each
   framing shift, seeded by its corpus position and steered by its predicted lung mask as ``lungdr evaluate
   --stress`` does it, then preprocessed and segmented like a new scan.
-* ``fit``: one model with one view fitted on the training rows (C1 with its patient-grouped CV grid, the networks
+* ``fit``: one model with one view (and ``--intensity``: grey levels as preprocessed, or equalized over the lung
+  box) fitted on the training rows (C1 with its patient-grouped CV grid, the networks
   keep their best-validation-AUC epoch as ``lungdr train`` ships them, each epoch's validation AUC on stderr);
   p_abnormal saved for validation, test and every shifted copy. Fits are independent processes (two at once on
   two cores, ``OMP_NUM_THREADS=1``).
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungdr.config import VIEWS
+from lungdr.config import INTENSITIES, VIEWS
 
 SHIFTS = ("zoom_in", "zoom_out", "wide")
 MODELS = ("svm", "transfer", "cnn3d")
@@ -71,8 +72,21 @@ def prepare(dev: str, test: str, segmenter: str, out: str, shifts=SHIFTS, seed: 
     return {"train": len(train), "val": len(val), "test": len(test_items), "shifts": list(shifts)}
 
 
+def run_name(name: str, view: str, intensity: str = "film") -> str:
+    """A fit's file stem: ``model_view``, plus ``_intensity`` when that is not the default ``film``."""
+    return f"{name}_{view}" + ("" if intensity == "film" else f"_{intensity}")
+
+
+def parse_run_name(stem: str) -> tuple[str, str, str] | None:
+    """``run_name``'s inverse: (model, view, intensity), or None for a file that is not a fit's output."""
+    parts = stem.split("_") + (["film"] if stem.count("_") == 1 else [])
+    if len(parts) != 3 or parts[0] not in MODELS or parts[1] not in VIEWS or parts[2] not in INTENSITIES:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
 def fit(prep: str, name: str, view: str, out: str, config: str | None = None, device: str | None = None,
-        epochs: int | None = None) -> dict:
+        epochs: int | None = None, intensity: str = "film") -> dict:
     from sklearn.metrics import roc_auc_score
 
     from lungdr.config import load_config
@@ -81,7 +95,7 @@ def fit(prep: str, name: str, view: str, out: str, config: str | None = None, de
 
     d = np.load(prep)
     parts = ["val", "test", *[str(s) for s in d["shifts"]]]
-    cfg = dataclasses.replace(getattr(load_config(config), name), view=view)
+    cfg = dataclasses.replace(getattr(load_config(config), name), view=view, intensity=intensity)
     if epochs is not None and name != "svm":
         cfg = dataclasses.replace(cfg, epochs=epochs)
     t0 = time.perf_counter()
@@ -104,9 +118,11 @@ def fit(prep: str, name: str, view: str, out: str, config: str | None = None, de
                 probs = {"val": v, **{p: predict(clf.model, xs[p], 64, clf.device)[:, 1] for p in parts[1:]}}
         info = {"best_epoch": best_epoch, "best_val_auc": round(best, 4), "epochs": cfg.epochs}
     Path(out).mkdir(parents=True, exist_ok=True)
-    np.savez(Path(out) / f"{name}_{view}.npz", **probs)
-    summary = {"model": name, "view": view, "minutes": round((time.perf_counter() - t0) / 60, 2), **info}
-    (Path(out) / f"{name}_{view}.json").write_text(json.dumps(summary, indent=2, default=str))
+    stem = run_name(name, view, intensity)
+    np.savez(Path(out) / f"{stem}.npz", **probs)
+    summary = {"model": name, "view": view, "intensity": intensity,
+               "minutes": round((time.perf_counter() - t0) / 60, 2), **info}
+    (Path(out) / f"{stem}.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
 
@@ -118,10 +134,11 @@ def report(prep: str, results: str) -> dict:
     y, normal = d["test_y"], d["test_y"] == 0
     out = {"test_films": int(len(y)), "normal_films": int(normal.sum()),
            "note": "abnormal = pneumonia (paediatric), not tuberculosis; shifts are synthetic (lungdr stress suite)"}
-    runs = [(path, *path.stem.split("_", 1)) for path in sorted(Path(results).glob("*_*.npz"))]
-    for path, name, view in runs:
-        if name not in MODELS or view not in VIEWS:  # not a fit's output (e.g. the prep file beside them)
+    for path in sorted(Path(results).glob("*_*.npz")):
+        run = parse_run_name(path.stem)
+        if run is None:  # not a fit's output (e.g. the prep file beside them)
             continue
+        name = run[0]
         p = np.load(path)
         platt = fit_calibration({name: p["val"]}, d["val_y"])[name]
         row = {}
@@ -150,6 +167,7 @@ def main(argv=None) -> int:
     f.add_argument("--prep", required=True)
     f.add_argument("--model", choices=MODELS, required=True)
     f.add_argument("--view", choices=VIEWS, required=True)
+    f.add_argument("--intensity", choices=INTENSITIES, default="film")
     f.add_argument("--out", required=True)
     f.add_argument("--config", default=None)
     f.add_argument("--epochs", type=int, default=None, help="networks: override the YAML's epochs")
@@ -162,7 +180,7 @@ def main(argv=None) -> int:
     if args.step == "prepare":
         res = prepare(args.dev, args.test, args.segmenter, args.out, tuple(args.shifts.split(",")), device=args.device)
     elif args.step == "fit":
-        res = fit(args.prep, args.model, args.view, args.out, args.config, args.device, args.epochs)
+        res = fit(args.prep, args.model, args.view, args.out, args.config, args.device, args.epochs, args.intensity)
     else:
         res = report(args.prep, args.results)
     print(json.dumps(res, indent=2, default=str))

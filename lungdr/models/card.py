@@ -30,9 +30,11 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
                has_segmenter: bool, pooling: str = "logit") -> str:
     pretrained = classifiers["transfer"].metadata.get("pretrained") if "transfer" in classifiers else None
     grid = classifiers["svm"].cfg.context_grid if "svm" in classifiers else 0
+    context = "the lung box's" if grid and classifiers["svm"].cfg.context_region == "lung_box" else "whole-image"
     augmented = "cnn3d" in classifiers and classifiers["cnn3d"].cfg.augment
     squared = [n for n, c in classifiers.items() if c.cfg.view == "square"]
     framed = [n for n, c in classifiers.items() if c.cfg.view == "lungs"]
+    relit = [n for n, c in classifiers.items() if c.cfg.intensity == "lungs"]
     bf16 = [n for n, c in classifiers.items() if getattr(c.cfg, "train_precision", "fp32") == "bf16"]
     auto = [n for n, c in classifiers.items() if getattr(c.cfg, "train_precision", "fp32") == "auto"]
     rows = "\n".join(
@@ -46,7 +48,7 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
         "## Components",
         "- C1 `svm`: 24 Gabor filters (4 orientations x 6 scales) pooled in the whole lung field and in six lung "
         "zones (left/right x upper/middle/lower), lung-intensity statistics + histogram"
-        + (f", plus mask-free whole-image texture on a {grid} x {grid} grid" if grid else "") + " -> PCA -> RBF SVM.",
+        + (f", plus mask-free {context} texture on a {grid} x {grid} grid" if grid else "") + " -> PCA -> RBF SVM.",
         f"- C2 `transfer`: Inception-v3, {'ImageNet-pretrained' if pretrained else 'NOT pretrained (random init)'}"
         f" ({classifiers['transfer'].metadata.get('weights_source', '?') if 'transfer' in classifiers else '-'}).",
         "- C3 `cnn3d`: the paper's 3-D CNN on scale-space pseudo-volumes of the DR image"
@@ -56,6 +58,9 @@ def model_card(classifiers: dict, metrics: dict, weights: dict, training_data: d
            f"{', '.join(squared)}."] if squared else []),
         *([f"- Classifiers seeing the film framed around its segmented lungs (one lung scale whatever the "
            f"collimation; a wrong lung mask frames the wrong region): {', '.join(framed)}."] if framed else []),
+        *([f"- Classifiers seeing grey levels equalized over the segmented lung box (not over the whole film, so "
+           f"the framing does not set them; a wrong lung mask sets the wrong reference): {', '.join(relit)}."]
+          if relit else []),
         *([f"- Trained with bfloat16-autocast forward passes (weights, loss and validation fp32): "
            f"{', '.join(bf16)}."] if bf16 else []),
         *([f"- Trained with bfloat16-autocast forward passes where the hardware computes bf16 natively, fp32 "

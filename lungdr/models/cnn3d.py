@@ -91,7 +91,7 @@ class CNN3D(TorchClassifier):
         return build_model(self.cfg)
 
     def inputs(self, images, masks) -> np.ndarray:
-        images, masks = classifier_view(images, masks, self.cfg.view)
+        images, masks = classifier_view(images, masks, self.cfg.view, self.cfg.intensity)
         vols = [lift_to_volume(lung_referenced(i, m), m, self.cfg.depth, self.cfg.size) for i, m in zip(images, masks)]
         return np.stack(vols)[:, None] if vols else np.zeros((0, 1, self.cfg.depth, self.cfg.size, self.cfg.size))
 

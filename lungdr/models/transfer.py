@@ -163,7 +163,7 @@ class InceptionTransfer(TorchClassifier):
         return build_model(self.cfg, state)
 
     def inputs(self, images, masks) -> np.ndarray:
-        return transfer_inputs(*classifier_view(images, masks, self.cfg.view), self.cfg.input_size)
+        return transfer_inputs(*classifier_view(images, masks, self.cfg.view, self.cfg.intensity), self.cfg.input_size)
 
     def augment_fn(self):
         return augment_batch(self.augment_cfg) if self.cfg.augment else None

@@ -82,3 +82,25 @@ def test_fit_and_report_per_view(prepared, tmp_path, capsys, model):
         for part in ("test", "zoom_in", "wide"):
             assert 0 <= row[part]["normals_called_abnormal"] <= out["normal_films"]
             assert 0 <= row[part]["accuracy"] <= 1 and len(row[part]["auc_ci95"]) == 2
+
+
+def test_run_names_round_trip():
+    for run in [("svm", "letterbox", "film"), ("cnn3d", "lungs", "lungs"), ("transfer", "square", "film")]:
+        assert framing.parse_run_name(framing.run_name(*run)) == run
+    assert framing.run_name("svm", "lungs") == "svm_lungs"  # the default intensity keeps session 20's names
+    for stem in ("prep", "report_c1", "svm_lungs_film_x", "svm_wide", "svm_lungs_bright"):
+        assert framing.parse_run_name(stem) is None
+
+
+def test_fit_with_lung_box_intensity(prepared, tmp_path, capsys):
+    root, _ = prepared
+    prep = str(root / "prep.npz")
+    info = framing.fit(prep, "svm", "letterbox", str(tmp_path), str(root / "tiny.yaml"), device="cpu",
+                       intensity="lungs")
+    assert info["intensity"] == "lungs"
+    film = framing.fit(prep, "svm", "letterbox", str(tmp_path), str(root / "tiny.yaml"), device="cpu")
+    a, b = np.load(tmp_path / "svm_letterbox_lungs.npz"), np.load(tmp_path / "svm_letterbox.npz")
+    assert film["intensity"] == "film" and not np.allclose(a["test"], b["test"])
+    assert framing.main(["report", "--prep", prep, "--results", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["svm_letterbox_lungs"]["fit"]["intensity"] == "lungs" and "svm_letterbox" in out

@@ -70,3 +70,32 @@ def test_context_features_see_outside_the_lung_field_and_locate_it():
     delta = {n: abs(after[names.index(n)] - base[names.index(n)]) for n in cells}
     assert max(delta, key=delta.get).startswith("cell33_")  # ... and where it is
     assert gabor_features(img, mask, bank, context_grid=0).shape == (lung,)
+
+
+def test_lung_box_context_ignores_what_lies_beyond_the_lung_box():
+    """``context_region="lung_box"``: the context block is taken over the lung mask's box, its grid laid over
+    the box, so what a film shows around the lungs (the framing) does not reach it beyond the filters' reach."""
+    bank = gabor_bank()
+    img = np.full((96, 96), 0.4, np.float32)
+    mask = np.zeros((96, 96), np.uint8)
+    mask[8:56, 8:30], mask[8:56, 36:58] = 1, 1  # lung box: rows 8-55, columns 8-57
+    img[mask > 0] = stripes(96, 5, 0.0)[mask > 0]
+    grid, lung = 4, len(feature_names())
+    base = gabor_features(img, mask, bank, context_grid=grid, context_region="lung_box")
+    whole = gabor_features(img, mask, bank, context_grid=grid)
+    assert base.shape == whole.shape and not np.allclose(base[lung:], whole[lung:])
+    changed = img.copy()
+    changed[70:, :] = stripes(96, 4, 45.0)[70:, :]  # texture well below the lung box (> 8 px: the largest kernel)
+    np.testing.assert_allclose(gabor_features(changed, mask, bank, context_grid=grid, context_region="lung_box"),
+                               base, rtol=1e-5, atol=1e-6)
+    assert np.abs(gabor_features(changed, mask, bank, context_grid=grid)[lung:] - whole[lung:]).max() > 1e-3
+    changed[26:30, 40:44] = 1.0  # a bright spot in the box: its rows 18-21, columns 32-35 (12 px cells)
+    after = gabor_features(changed, mask, bank, context_grid=grid, context_region="lung_box")
+    names = feature_names(context_grid=grid)
+    cells = [n for n in names if n.startswith("cell") and n.endswith("_int_mean")]
+    delta = {n: abs(after[names.index(n)] - base[names.index(n)]) for n in cells}
+    assert max(delta, key=delta.get).startswith("cell12_")  # located on the box's own grid
+    # no lungs found: the whole image, as with context_region "image"
+    empty = np.zeros_like(mask)
+    np.testing.assert_array_equal(gabor_features(img, empty, bank, context_grid=grid, context_region="lung_box"),
+                                  gabor_features(img, empty, bank, context_grid=grid))

@@ -5,6 +5,7 @@ Data: seeded synthetic DR phantoms (normal vs. abnormal with consolidation-like 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import cv2
@@ -125,4 +126,18 @@ class ClassifierContract:
         np.testing.assert_allclose(lungs.predict_proba(t_images[:4], t_masks[:4]),
                                    lungs.predict_proba(tight_images, tight_masks), atol=0.05)
         seen = fitted.embed(t_images[:4], t_masks[:4]), fitted.embed(tight_images, tight_masks)
+        assert not np.allclose(*seen, atol=1e-3)
+
+    def test_lungs_intensity_ignores_the_grey_level_curve(self, fitted, data):
+        """``intensity: lungs``: grey levels are re-equalized over the lung box, so a film under another monotone
+        grey-level curve (another exposure or detector response) is the same input up to binning; as preprocessed
+        (the default) it is not. (The fitted model with its config switched: every path reads ``cfg.intensity``
+        where it reads ``cfg.view``, training included; ``tests/benchmarks/test_framing.py`` trains with it.)"""
+        _, (t_images, t_masks, _), _ = data
+        lungs = copy.copy(fitted)
+        lungs.cfg = dataclasses.replace(fitted.cfg, intensity="lungs")
+        curved = [np.asarray(i, np.float32) ** 2.2 for i in t_images[:4]]
+        np.testing.assert_allclose(lungs.predict_proba(t_images[:4], t_masks[:4]),
+                                   lungs.predict_proba(curved, t_masks[:4]), atol=0.05)
+        seen = fitted.embed(t_images[:4], t_masks[:4]), fitted.embed(curved, t_masks[:4])
         assert not np.allclose(*seen, atol=1e-3)

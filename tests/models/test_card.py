@@ -21,10 +21,14 @@ def test_card_names_c3_augmentation_and_c2_weights(augment):
     assert ("geometric augmentation" in c3) is augment
 
 
-@pytest.mark.parametrize("views", [("letterbox", "letterbox"), ("lungs", "square"), ("square", "lungs")])
-def test_card_says_which_classifiers_see_another_view(views):
+@pytest.mark.parametrize("views,intensities", [(("letterbox", "letterbox"), ("film", "film")),
+                                               (("lungs", "square"), ("lungs", "film")),
+                                               (("square", "lungs"), ("film", "lungs"))])
+def test_card_says_which_classifiers_see_another_view(views, intensities):
     c1, c3 = views
-    classifiers = {"svm": GaborSVM(SVMConfig(view=c1)), "cnn3d": CNN3D(CNN3DConfig(view=c3))}
+    region = "lung_box" if c1 == "lungs" else "image"
+    classifiers = {"svm": GaborSVM(SVMConfig(view=c1, intensity=intensities[0], context_region=region)),
+                   "cnn3d": CNN3D(CNN3DConfig(view=c3, intensity=intensities[1]))}
     card = model_card(classifiers, {}, {"svm": 0.5, "cnn3d": 0.5}, {"train": 10}, [], has_segmenter=True)
 
     def named(phrase):  # the models a card line with ``phrase`` lists
@@ -35,3 +39,8 @@ def test_card_says_which_classifiers_see_another_view(views):
 
     assert named("framed around its segmented lungs") == expected("lungs")
     assert named("stretched to the full square") == expected("square")
+    c1_line = next(line for line in card.splitlines() if line.startswith("- C1"))
+    assert ("the lung box's texture on a 6 x 6 grid" in c1_line) == (region == "lung_box")
+    assert ("whole-image texture on a 6 x 6 grid" in c1_line) == (region == "image")
+    assert named("equalized over the segmented lung box") == [f"{n}." for n, i in zip(("svm", "cnn3d"), intensities)
+                                                              if i == "lungs"]
