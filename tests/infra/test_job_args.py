@@ -73,3 +73,11 @@ def test_a_wrong_flag_is_caught(repo, capsys):
     with pytest.raises(AssertionError, match="does not parse"):
         _check(repo, job, argv)
     _check(repo, job, ["--input", "s3://a/b", "--bundle", "s3://m", "--output", "s3://o"])
+
+
+def test_the_demo_output_stays_out_of_job_uploads(repo):
+    """``ray job submit --working-dir .`` uploads the checkout minus what ``.gitignore`` lists (Ray caps the upload
+    at 100 MiB); the README's demo writes ~280 MB of bundles into ``./lungdr-demo`` of that same checkout."""
+    default = build_parser().parse_args(["demo"]).out
+    ignored = {line.strip().strip("/") for line in (repo / ".gitignore").read_text().splitlines()}
+    assert default.strip("./") in ignored
